@@ -1,0 +1,256 @@
+"""Parse and validate params.yaml into frozen, typed dataclasses.
+
+Imported by every stage before anything heavy (TensorFlow, matplotlib), so a
+bad value fails in well under a second with one line that names the key, the
+bad value and what is allowed, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+EXIT_BAD_PARAMS = 2
+
+
+class ParamsError(ValueError):
+    """A params.yaml value is missing, unknown, of the wrong type or out of range."""
+
+
+def _int(low: int, high: int) -> dict[str, Any]:
+    return {"kind": "int", "low": low, "high": high}
+
+
+def _float(low: float, high: float, low_open: bool = False) -> dict[str, Any]:
+    return {"kind": "float", "low": low, "high": high, "low_open": low_open}
+
+
+def _choice(*choices: str) -> dict[str, Any]:
+    return {"kind": "choice", "choices": choices}
+
+
+def _int_list(low: int, high: int, min_len: int, max_len: int) -> dict[str, Any]:
+    return {"kind": "int_list", "low": low, "high": high, "min_len": min_len, "max_len": max_len}
+
+
+def _url_list() -> dict[str, Any]:
+    return {"kind": "url_list"}
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    """Where and how the four MNIST files are fetched."""
+
+    mirrors: tuple[str, ...] = field(metadata=_url_list())
+    """Base URLs tried in order after $MNIST_MIRROR; each holds the four files."""
+    timeout_seconds: float = field(metadata=_float(0.0, 3600.0, low_open=True))
+    """Seconds without data before a request is abandoned."""
+    retries: int = field(metadata=_int(1, 10))
+    """Attempts per file and mirror before moving on to the next mirror."""
+    backoff_seconds: float = field(metadata=_float(0.0, 60.0))
+    """Pause before the second attempt; doubled for each further one."""
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """How the 60000 training images are divided into train and validation."""
+
+    validation_size: int = field(metadata=_int(1, 59999))
+    """Number of training images held out for validation."""
+    method: str = field(metadata=_choice("head", "shuffle", "stratified"))
+    """head: the first images (the tutorial); shuffle: a seeded random subset;
+    stratified: a seeded subset with the same class proportions as the whole."""
+    seed: int = field(metadata=_int(0, 2**31 - 1))
+    """Seed for shuffle and stratified; unused by head."""
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """The convolutional network."""
+
+    conv_filters: tuple[int, ...] = field(metadata=_int_list(1, 1024, 1, 4))
+    """Filters of each conv layer (each followed by ReLU and 2x2 max-pool)."""
+    conv_kernel_size: int = field(metadata=_int(1, 9))
+    """Side of the square conv kernels."""
+    dense_units: tuple[int, ...] = field(metadata=_int_list(1, 8192, 0, 4))
+    """Units of the ReLU dense layers between the convs and the classifier."""
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Optimisation, early stopping, checkpoints and execution."""
+
+    learning_rate: float = field(metadata=_float(0.0, 1.0, low_open=True))
+    """Adam learning rate."""
+    batch_size: int = field(metadata=_int(1, 65536))
+    """Images per training iteration (global, across all replicas)."""
+    max_iterations: int = field(metadata=_int(1, 10_000_000))
+    """Stop after this many iterations whatever happens."""
+    eval_every: int = field(metadata=_int(1, 1_000_000))
+    """Iterations between validation evaluations."""
+    patience: int = field(metadata=_int(1, 10_000_000))
+    """Stop once this many iterations have passed since the best evaluation."""
+    min_delta: float = field(metadata=_float(0.0, 1e9))
+    """How much better than the best a value must be to count as improvement."""
+    monitor: str = field(metadata=_choice("validation_accuracy", "validation_loss"))
+    """Metric that decides improvement: accuracy is maximised, loss minimised."""
+    seed: int = field(metadata=_int(0, 2**31 - 1))
+    """Seed for weight initialisation and batch order."""
+    checkpoint_every: int = field(metadata=_int(1, 10_000_000))
+    """Iterations between resumable checkpoints (rounded up to an evaluation)."""
+    keep_checkpoints: int = field(metadata=_int(1, 100))
+    """How many resumable checkpoints are kept on disk."""
+    precision: str = field(metadata=_choice("float32", "mixed_bfloat16", "mixed_float16"))
+    """Compute dtype policy; variables stay float32."""
+    distribute: str = field(metadata=_choice("auto", "none", "mirrored", "multi_worker"))
+    """auto: mirrored when several GPUs are visible, else none."""
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Test-set evaluation."""
+
+    batch_size: int = field(metadata=_int(1, 100_000))
+    """Images per forward pass when evaluating."""
+
+
+@dataclass(frozen=True)
+class PlotsParams:
+    """Figures."""
+
+    dpi: int = field(metadata=_int(30, 600))
+    """Resolution of the PNG figures."""
+
+
+SECTIONS: dict[str, type] = {
+    "download": DownloadParams,
+    "split": SplitParams,
+    "model": ModelParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "plots": PlotsParams,
+}
+
+T = TypeVar("T")
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    kind = spec["kind"]
+    if kind == "int":
+        return f"an integer between {spec['low']} and {spec['high']}"
+    if kind == "float":
+        low = f"greater than {spec['low']}" if spec["low_open"] else f"at least {spec['low']}"
+        return f"a number {low} and at most {spec['high']}"
+    if kind == "choice":
+        return "one of " + ", ".join(spec["choices"])
+    if kind == "int_list":
+        return (
+            f"a list of {spec['min_len']} to {spec['max_len']} integers, "
+            f"each between {spec['low']} and {spec['high']}"
+        )
+    return "a non-empty list of http(s):// or file:// URLs"
+
+
+def _valid(value: Any, spec: dict[str, Any]) -> Any:
+    """Return the value converted to its field type, or None if it is invalid."""
+    kind = spec["kind"]
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if kind == "int":
+        return value if is_int(value) and spec["low"] <= value <= spec["high"] else None
+    if kind == "float":
+        if not (is_int(value) or isinstance(value, float)):
+            return None
+        value = float(value)
+        above = value > spec["low"] if spec["low_open"] else value >= spec["low"]
+        return value if above and value <= spec["high"] else None
+    if kind == "choice":
+        return value if value in spec["choices"] else None
+    if kind == "int_list":
+        if not isinstance(value, list) or not spec["min_len"] <= len(value) <= spec["max_len"]:
+            return None
+        ok = all(is_int(v) and spec["low"] <= v <= spec["high"] for v in value)
+        return tuple(value) if ok else None
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, str) and v.startswith(("http://", "https://", "file://")) for v in value)
+    )
+    return tuple(value) if ok else None
+
+
+def parse_section(name: str, raw: Any, cls: type[T]) -> T:
+    """Build one section's dataclass from its raw YAML mapping."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: {name} must be a mapping of keys to values, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in raw:
+        if key not in fields:
+            allowed = ", ".join(fields)
+            raise ParamsError(f"params.yaml: unknown key {name}.{key}; allowed keys: {allowed}")
+    values = {}
+    for key, f in fields.items():
+        if key not in raw:
+            raise ParamsError(
+                f"params.yaml: missing key {name}.{key}, which must be {_describe(dict(f.metadata))}"
+            )
+        value = _valid(raw[key], dict(f.metadata))
+        if value is None:
+            raise ParamsError(
+                f"params.yaml: {name}.{key} must be {_describe(dict(f.metadata))}, got {raw[key]!r}"
+            )
+        values[key] = value
+    return cls(**values)
+
+
+def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    """Read the raw params mapping, with a clear error for an unreadable file."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run the stage from the project root") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: must be a mapping of sections, got {raw!r}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(
+            f"params.yaml: unknown section {unknown[0]}; allowed sections: {', '.join(SECTIONS)}"
+        )
+    return raw
+
+
+def load(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
+    """Parse the named sections (all sections are checked); exit 2 with one line on error."""
+    try:
+        raw = read_params(path)
+        parsed = {}
+        for section, cls in SECTIONS.items():
+            if section not in raw:
+                raise ParamsError(f"params.yaml: missing section {section}")
+            parsed[section] = parse_section(section, raw[section], cls)
+        check_consistency(parsed)
+    except ParamsError as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(EXIT_BAD_PARAMS) from None
+    return tuple(parsed[n] for n in names)
+
+
+def check_consistency(parsed: dict[str, Any]) -> None:
+    """Checks that involve more than one key."""
+    train: TrainParams = parsed["train"]
+    if train.eval_every > train.max_iterations:
+        raise ParamsError(
+            f"params.yaml: train.eval_every must be at most train.max_iterations "
+            f"({train.max_iterations}), got {train.eval_every}"
+        )

@@ -1,0 +1,79 @@
+"""Shared fixtures: a project copy in a temp dir, and tiny generated MNIST mirrors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.tiny_mnist import write_mirror
+
+ROOT = Path(__file__).resolve().parent.parent
+# Params small enough that the whole pipeline runs in seconds on tiny data.
+TINY_PARAMS = {
+    "download": {"retries": 1, "backoff_seconds": 0.0, "timeout_seconds": 5},
+    "split": {"validation_size": 100},
+    "model": {"conv_filters": [4, 8], "dense_units": [16]},
+    "train": {
+        "learning_rate": 0.002, "batch_size": 32, "max_iterations": 400, "eval_every": 20,
+        "patience": 100, "checkpoint_every": 40,
+    },
+    "evaluate": {"batch_size": 64},
+    "plots": {"dpi": 40},
+}
+
+
+def write_params(project: Path, overrides: dict) -> None:
+    """Merge section-wise overrides into the project's params.yaml."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def tiny_mirror(tmp_path: Path) -> tuple[Path, Path]:
+    """(mirror directory of gzipped tiny MNIST, digest table path)."""
+    mirror = tmp_path / "mirror"
+    return mirror, write_mirror(mirror)
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_mirror: tuple[Path, Path]) -> Path:
+    """A copy of the project's code and params in a temp dir, set up for tiny data."""
+    dest = tmp_path / "project"
+    dest.mkdir()
+    for name in ("stages", "params.yaml", "dvc.yaml"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    write_params(dest, TINY_PARAMS)
+    return dest
+
+
+def stage_env(tiny_mirror: tuple[Path, Path]) -> dict[str, str]:
+    """Environment for running stages against a tiny mirror."""
+    mirror, digests = tiny_mirror
+    env = dict(os.environ, MNIST_MIRROR=str(mirror), MNIST_DIGESTS=str(digests))
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = ""  # stages are imported from the project copy (the cwd)
+    return env
+
+
+def run_stage(project: Path, stage: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m stages.<stage>` in the project copy."""
+    result = subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}"], cwd=project, env=env,
+        capture_output=True, text=True, timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"stage {stage} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
