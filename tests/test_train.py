@@ -1,0 +1,165 @@
+"""The train stage on tiny data: outputs, determinism, resume after SIGKILL, refusing a foreign checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stages.train import log_line, manifest_differences
+from tests.conftest import run_stage, stage_env, write_params
+
+RESULT_KEYS = ("best_iteration", "stopped_iteration", "best_validation_accuracy", "best_validation_loss", "stop_reason")
+
+
+def test_log_line_matches_the_tutorial():
+    assert log_line(4800, 1.0, 0.988, True) == "Iter:   4800, Train-Batch Accuracy: 100.0%, Validation Acc:  98.8% *"
+    assert log_line(100, 0.844, 0.852, False) == "Iter:    100, Train-Batch Accuracy:  84.4%, Validation Acc:  85.2%"
+
+
+def test_manifest_differences_name_what_changed():
+    old = {"model": {"conv_filters": [16, 36]}, "train": {"seed": 1}, "code": {"stages/train.py": "a"}}
+    new = {"model": {"conv_filters": [16, 32]}, "train": {"seed": 1}, "code": {"stages/train.py": "b"}}
+    assert manifest_differences(old, new) == ["stages/train.py changed", "model.conv_filters: [16, 36] -> [16, 32]"]
+    assert manifest_differences(new, new) == []
+
+
+@pytest.fixture
+def prepared(project: Path, tiny_mirror) -> tuple[Path, dict[str, str]]:
+    """A project copy whose data is downloaded and split."""
+    env = stage_env(tiny_mirror)
+    run_stage(project, "download", env)
+    run_stage(project, "split", env)
+    return project, env
+
+
+def results(project: Path) -> dict:
+    metrics = json.loads((project / "metrics/train.json").read_text())
+    return {k: metrics[k] for k in RESULT_KEYS}
+
+
+def kill_after_checkpoint(project: Path, env: dict[str, str], sig: int = signal.SIGKILL) -> None:
+    """Start training, kill it as soon as a resumable checkpoint is on disk."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"], cwd=project, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    latest = project / "checkpoints/train/latest"
+    deadline = time.monotonic() + 120
+    # The manager's state file is written (atomically) last: then a checkpoint is complete.
+    while not (latest / "checkpoint").is_file():
+        assert proc.poll() is None, "training finished before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert not (project / "metrics/train.json").exists()
+
+
+@pytest.mark.slow
+def test_train_writes_a_savedmodel_that_loads_in_a_fresh_process(prepared):
+    project, env = prepared
+    out = run_stage(project, "train", env).stdout
+    assert "Iter:     20, Train-Batch Accuracy:" in out
+    assert "No improvement found in a while, stopping optimization." in out
+    assert "Time usage: 0:00:" in out
+    metrics = json.loads((project / "metrics/train.json").read_text())
+    assert metrics["stop_reason"] == "patience"
+    assert metrics["best_iteration"] < metrics["stopped_iteration"] <= 400
+    assert metrics["best_validation_accuracy"] > 0.5
+    history = (project / "metrics/history.csv").read_text().splitlines()
+    assert history[0] == "iteration,train_batch_accuracy,train_batch_loss,validation_accuracy,validation_loss,improved"
+    assert len(history) == 1 + metrics["stopped_iteration"] // 20
+    assert not (project / "checkpoints/train").exists(), "checkpoints are cleaned up after a successful run"
+    with __import__("numpy").load(project / "models/kernels.npz") as k:
+        assert sorted(k.files) == sorted(f"conv{i}_{w}" for i in (1, 2) for w in ("initial", "best", "final"))
+        assert k["conv1_initial"].shape == (5, 5, 1, 4)
+    # No project code on the path: the SavedModel stands alone.
+    check = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "assert 'stages' not in sys.modules\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "x = np.load(sys.argv[2])['images'][:50].astype('float32') / 255\n"
+        "p = m.serve(x).numpy()\n"
+        "s = m.signatures['serving_default']\n"
+        "q = list(s(tf.constant(x)).values())[0].numpy()\n"
+        "assert p.shape == (50, 10) and np.allclose(p.sum(1), 1, atol=1e-4) and np.allclose(p, q)\n"
+        "print('ok', (p.argmax(1) == np.load(sys.argv[2])['labels'][:50]).mean())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(project / "models/best"), str(project / "data/split/validation.npz")],
+        cwd="/", env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
+
+
+@pytest.mark.slow
+def test_same_params_same_results_and_resume_after_sigkill(prepared):
+    project, env = prepared
+    run_stage(project, "train", env)
+    first = results(project)
+    first_history = (project / "metrics/history.csv").read_text()
+    run_stage(project, "train", env)
+    assert results(project) == first, "two runs with the same params and data differ"
+    assert (project / "metrics/history.csv").read_text() == first_history
+
+    (project / "metrics/train.json").unlink()
+    kill_after_checkpoint(project, env)
+    resumed = run_stage(project, "train", env).stdout
+    assert "train: resuming from the checkpoint at iteration" in resumed
+    assert results(project) == first
+    assert (project / "metrics/history.csv").read_text() == first_history
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(prepared):
+    project, env = prepared
+    write_params(project, {"train": {"checkpoint_every": 100000, "max_iterations": 100000, "patience": 100000}})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"], cwd=project, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("Iter:     60"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "checkpoint saved, `dvc repro` resumes from it" in err
+    assert list((project / "checkpoints/train/latest").glob("ckpt-*.index"))
+
+
+@pytest.mark.slow
+def test_checkpoint_of_a_different_network_is_not_loaded(prepared):
+    project, env = prepared
+    kill_after_checkpoint(project, env)
+    write_params(project, {"model": {"conv_filters": [4, 6]}})
+    out = run_stage(project, "train", env).stdout
+    lines = [l for l in out.splitlines() if l.startswith("train: not resuming")]
+    assert len(lines) == 1
+    assert "model.conv_filters: [4, 8] -> [4, 6]" in lines[0] and "starting fresh" in lines[0]
+    assert "resuming from the checkpoint" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "section,key,value,message",
+    [
+        ("train", "patience", 0, "train.patience must be an integer between 1 and"),
+        ("train", "monitor", "accuracy", "train.monitor must be one of validation_accuracy, validation_loss"),
+        ("train", "learning_rate", "fast", "train.learning_rate must be a number greater than 0.0"),
+    ],
+)
+def test_bad_train_params_are_rejected(project, tiny_mirror, section, key, value, message):
+    write_params(project, {section: {key: value}})
+    result = run_stage(project, "train", stage_env(tiny_mirror), check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert message in result.stderr
