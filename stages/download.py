@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -90,7 +91,7 @@ def mirror_list(configured: tuple[str, ...]) -> list[str]:
 def file_url(mirror: str, name: str) -> str:
     """URL of `name` on `mirror`, which may be a URL or a local directory."""
     if "://" not in mirror:
-        return Path(mirror).resolve().as_uri() + "/" + name
+        return Path(mirror).expanduser().resolve().as_uri() + "/" + name
     return mirror.rstrip("/") + "/" + name
 
 
@@ -110,38 +111,47 @@ def open_url(url: str, timeout: float) -> Iterator[tuple[BinaryIO, int | None]]:
         if e.code == 404:
             raise NotOnMirror(f"HTTP 404 for {url}") from None
         raise FetchError(f"HTTP {e.code} {e.reason} for {url}") from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise FetchError(f"cannot reach {url}: {reason}") from None
+        if isinstance(reason, TimeoutError):
+            raise FetchError(f"no response from {url} within {timeout:g} s") from None
+        raise FetchError(f"cannot reach {url}: {str(reason) or type(reason).__name__}") from None
     with response:
         length = response.headers.get("Content-Length")
         yield response, int(length) if length and length.isdigit() else None
 
 
-def progress_bar(total: int | None, desc: str) -> Callable[[int], None]:
-    """A tqdm progress callback when stderr is a terminal, else a no-op."""
+@contextlib.contextmanager
+def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None]]:
+    """Yield a progress callback: a tqdm bar when stderr is a terminal, else a no-op."""
     if not sys.stderr.isatty():
-        return lambda n: None
+        yield lambda n: None
+        return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
-    return bar.update
+    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False) as bar:
+        yield bar.update
 
 
 def fetch_to(url: str, dest: Path, timeout: float) -> None:
     """Copy the bytes at `url` into `dest`, raising FetchError on any failure."""
     try:
-        with open_url(url, timeout) as (stream, length), dest.open("wb") as out:
-            advance = progress_bar(length, url.rsplit("/", 1)[-1])
+        with (
+            open_url(url, timeout) as (stream, length),
+            dest.open("wb") as out,
+            progress_bar(length, url.rsplit("/", 1)[-1]) as advance,
+        ):
             received = 0
             while chunk := stream.read(CHUNK):
                 out.write(chunk)
                 received += len(chunk)
                 advance(len(chunk))
-    except (TimeoutError, OSError) as e:
-        raise FetchError(f"transfer of {url} failed: {e or type(e).__name__}") from None
+    except TimeoutError:
+        raise FetchError(f"transfer of {url} timed out (no data for {timeout:g} s)") from None
+    except (OSError, http.client.HTTPException) as e:
+        raise FetchError(f"transfer of {url} failed: {str(e) or type(e).__name__}") from None
     if length is not None and received != length:
-        raise FetchError(f"{url}: truncated transfer ({received} of {length} bytes)")
+        raise FetchError(f"{url}: {received} bytes received but Content-Length said {length}")
 
 
 def decompress_and_verify(src: Path, dest: Path, expected: Expected) -> None:
@@ -154,13 +164,17 @@ def decompress_and_verify(src: Path, dest: Path, expected: Expected) -> None:
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
+                if size > expected.size:  # a wrong file or a gzip bomb: stop before filling the disk
+                    raise FetchError(f"wrong size: more than {expected.size} bytes, expected {expected.size}")
                 out.write(chunk)
     except (OSError, EOFError, zlib.error) as e:
-        raise FetchError(f"corrupt gzip data: {e}") from None
+        what = "corrupt gzip data" if gzipped else "cannot read the download"
+        raise FetchError(f"{what}: {str(e) or type(e).__name__}") from None
     if size != expected.size:
         raise FetchError(f"wrong size: {size} bytes, expected {expected.size}")
-    if digest.hexdigest() != expected.sha256:
-        raise FetchError(f"SHA-256 mismatch: got {digest.hexdigest()[:16]}..., expected {expected.sha256[:16]}...")
+    got = digest.hexdigest()
+    if got != expected.sha256:
+        raise FetchError(f"SHA-256 mismatch: got {got[:16]}..., expected {expected.sha256[:16]}...")
 
 
 def is_verified(path: Path, expected: Expected) -> bool:
@@ -214,7 +228,8 @@ def fetch_file(
                 break
             except FetchError as e:
                 if attempt == cfg.retries:
-                    failures.append(f"{mirror}: {e} (after {attempt} attempts)")
+                    tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
+                    failures.append(f"{mirror}: {e} (after {tries})")
                 else:
                     sleep(cfg.backoff_seconds * 2 ** (attempt - 1))
     return failures
@@ -227,20 +242,41 @@ def download_all(
     cfg: params.DownloadParams,
     log: Callable[[str], None] = print,
 ) -> list[str]:
-    """Make `out_dir` hold every expected file; return error lines for those that failed."""
+    """Make `out_dir` hold every expected file; on failure return error lines, one per mirror.
+
+    Stops at the first file that no mirror provides: the stage fails anyway,
+    and the same mirrors would only fail again, slowly, for the next files.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
+    remove_strays(out_dir, expected)
     for name, exp in expected.items():
-        if is_verified(out_dir / name, exp):
+        path = out_dir / name
+        if is_verified(path, exp):
             log(f"download: {name} already present and verified")
             continue
+        if path.exists():
+            log(f"download: {name} present but not the expected content; fetching it again")
+            remove(path)
         failures = fetch_file(name, exp, mirrors, out_dir, cfg)
         if failures:
-            errors.append(f"download: could not get {name} from any mirror:")
-            errors.extend("  " + f for f in failures)
-        else:
-            log(f"download: {name} verified ({exp.size} bytes)")
-    return errors
+            return [f"download: could not get {name} from any mirror:"] + ["  " + f for f in failures]
+        log(f"download: {name} verified ({exp.size} bytes)")
+    return []
+
+
+def remove(path: Path) -> None:
+    """Delete a file or a directory tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def remove_strays(out_dir: Path, expected: dict[str, Expected]) -> None:
+    """Delete what is not an expected file, e.g. the temp dir of a killed earlier run."""
+    for path in out_dir.iterdir():
+        if path.name not in expected:
+            remove(path)
 
 
 def main() -> None:
@@ -249,10 +285,6 @@ def main() -> None:
     expected = load_expected()
     mirrors = mirror_list(cfg.mirrors)
     errors = download_all(RAW_DIR, expected, mirrors, cfg)
-    # Anything else in data/raw (an old partial file, a stray) is not ours.
-    for stray in RAW_DIR.iterdir():
-        if stray.name not in expected:
-            shutil.rmtree(stray) if stray.is_dir() else stray.unlink()
     if errors:
         for line in errors:
             print(line, file=sys.stderr)

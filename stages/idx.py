@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise IdxError(f"{name}: truncated header ({len(data)} bytes, need {header_len})")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = IDX_DTYPES[dtype_code]
-    expected = header_len + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header_len + math.prod(shape) * dtype.itemsize  # Python ints: no overflow on a corrupt header
     if len(data) != expected:
         problem = "truncated" if len(data) < expected else "has trailing bytes"
         raise IdxError(
@@ -48,6 +49,8 @@ def read_idx(path: Path, ndim: int, dtype: np.dtype = np.dtype(np.uint8)) -> np.
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise IdxError(f"{path}: not found; run the download stage first") from None
+    except OSError as e:
+        raise IdxError(f"{path}: cannot read: {e.strerror or e}") from None
     array = parse_idx(data, str(path))
     if array.ndim != ndim:
         raise IdxError(f"{path}: expected {ndim} dimensions, found shape {array.shape}")

@@ -219,7 +219,10 @@ def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run the stage from the project root") from None
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ParamsError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must be a mapping of sections, got {raw!r}")
     unknown = sorted(set(raw) - set(SECTIONS))
@@ -237,7 +240,8 @@ def load(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
         parsed = {}
         for section, cls in SECTIONS.items():
             if section not in raw:
-                raise ParamsError(f"params.yaml: missing section {section}")
+                keys = ", ".join(f.name for f in dataclasses.fields(cls))
+                raise ParamsError(f"params.yaml: missing section {section}, which must have the keys {keys}")
             parsed[section] = parse_section(section, raw[section], cls)
         check_consistency(parsed)
     except ParamsError as e:

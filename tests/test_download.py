@@ -1,0 +1,532 @@
+"""Download stage against a local HTTP server and local mirrors: fallback, retries, verification."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from stages import download
+from stages.download import Expected, FetchError, download_all, fetch_file
+from stages.idx import encode_idx
+from stages.params import DownloadParams
+from tests.conftest import run_stage, stage_env, write_params
+from tests.tiny_mnist import FILE_NAMES, make_arrays
+
+TRAIN_IMAGES = FILE_NAMES[0]
+
+
+def tiny_files(seed: int = 0) -> dict[str, bytes]:
+    """Decompressed content of the four files of a very small data set."""
+    return {name: encode_idx(a) for name, a in make_arrays(n_train=30, n_test=10, seed=seed).items()}
+
+
+GOOD = tiny_files()
+EXPECTED = {name: Expected(len(data), hashlib.sha256(data).hexdigest()) for name, data in GOOD.items()}
+
+
+def gzipped(files: dict[str, bytes]) -> dict[str, bytes]:
+    return {f"{name}.gz": gzip.compress(data, mtime=0) for name, data in files.items()}
+
+
+def config(retries: int = 1, timeout: float = 5.0, backoff: float = 0.0) -> DownloadParams:
+    return DownloadParams(mirrors=(), timeout_seconds=timeout, retries=retries, backoff_seconds=backoff)
+
+
+def no_sleep(seconds: float) -> None:
+    """Retries in these tests never wait."""
+
+
+@dataclass
+class Mirror:
+    """What one mirror on the local server answers."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    status: int = 200  # every request gets this status when it is not 200
+    delay: float = 0.0  # seconds of silence before the status line
+    stall_after: int | None = None  # bytes of body sent before going silent
+    extra_length: int = 0  # Content-Length claims this many bytes more than are sent
+
+
+class LocalServer(ThreadingHTTPServer):
+    """Serves /<mirror>/<file> from the `mirrors` table and records every request path."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.mirrors: dict[str, Mirror] = {}
+        self.requests: list[str] = []
+        self.release = threading.Event()  # ends the waits of slow mirrors at teardown
+
+    def url(self, mirror: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{mirror}/"
+
+    def count(self, mirror: str) -> int:
+        return sum(path.startswith(f"/{mirror}/") for path in self.requests)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients that gave up on a slow mirror are expected; stay quiet."""
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: LocalServer
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        _, mirror_name, name = self.path.split("/", 2)
+        mirror = self.server.mirrors.get(mirror_name, Mirror())
+        if mirror.delay:
+            self.server.release.wait(mirror.delay)
+        if mirror.status != 200:
+            self.send_error(mirror.status)
+            return
+        if name not in mirror.files:
+            self.send_error(404)
+            return
+        body = mirror.files[name]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body) + mirror.extra_length))
+        self.end_headers()
+        if mirror.stall_after is not None:
+            self.wfile.write(body[: mirror.stall_after])
+            self.wfile.flush()
+            self.server.release.wait(10)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """No access log on the test output."""
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy between urllib and the local server; no mirror or digests from the caller's environment."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv(download.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(download.DIGESTS_ENV, raising=False)
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    """A local HTTP server on 127.0.0.1 (port chosen by the OS), stopped after the test."""
+    srv = LocalServer()
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield srv
+    srv.release.set()
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def assert_complete(out: Path, names: tuple[str, ...] = FILE_NAMES) -> None:
+    """`out` holds exactly the named files, each with the expected content, and nothing else."""
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    for name in names:
+        assert (out / name).read_bytes() == GOOD[name]
+
+
+def assert_clean(out: Path) -> None:
+    """Nothing in `out` but verified files: no partial download, no temp directory."""
+    for path in out.iterdir():
+        assert path.name in GOOD and path.read_bytes() == GOOD[path.name], f"left behind: {path.name}"
+
+
+def fetch_one(
+    out: Path,
+    mirrors: list[str],
+    cfg: DownloadParams | None = None,
+    sleep: Callable[[float], None] = no_sleep,
+) -> list[str]:
+    """Fetch the training images into `out`; return the failures seen."""
+    out.mkdir(exist_ok=True)
+    return fetch_file(TRAIN_IMAGES, EXPECTED[TRAIN_IMAGES], mirrors, out, cfg or config(), sleep)
+
+
+def gz_url(server: LocalServer, mirror: str) -> str:
+    return server.url(mirror) + TRAIN_IMAGES + ".gz"
+
+
+# --- success paths ---------------------------------------------------------------------------
+
+
+def test_success_gzipped_over_http(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD))
+    out = tmp_path / "raw"
+    assert download_all(out, EXPECTED, [server.url("m1")], config(), log=lambda s: None) == []
+    assert_complete(out)
+    assert sorted(server.requests) == sorted(f"/m1/{n}.gz" for n in FILE_NAMES)
+
+
+def test_success_plain_over_http(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(dict(GOOD))
+    out = tmp_path / "raw"
+    assert download_all(out, EXPECTED, [server.url("m1")], config(), log=lambda s: None) == []
+    assert_complete(out)
+    # Each file is asked for as NAME.gz first (404, not retried), then as NAME.
+    assert len(server.requests) == 8
+
+
+def test_verified_files_are_not_fetched_again(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD))
+    out = tmp_path / "raw"
+    logged: list[str] = []
+    assert download_all(out, EXPECTED, [server.url("m1")], config(), log=logged.append) == []
+    assert server.count("m1") == 4
+    assert download_all(out, EXPECTED, [server.url("m1")], config(), log=logged.append) == []
+    assert server.count("m1") == 4
+    assert logged[-4:] == [f"download: {n} already present and verified" for n in FILE_NAMES]
+
+
+def test_only_missing_or_wrong_files_are_fetched(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD))
+    out = tmp_path / "raw"
+    out.mkdir()
+    for name in FILE_NAMES[1:]:
+        (out / name).write_bytes(GOOD[name])
+    (out / FILE_NAMES[3]).write_bytes(GOOD[FILE_NAMES[3]][:-1])  # a partial file from elsewhere
+    (out / ".train-images-idx3-ubyte.abc123").mkdir()  # the temp dir of a killed run
+    (out / "stray.txt").write_text("not ours")
+    assert download_all(out, EXPECTED, [server.url("m1")], config(), log=lambda s: None) == []
+    assert server.requests == [f"/m1/{FILE_NAMES[0]}.gz", f"/m1/{FILE_NAMES[3]}.gz"]
+    assert_complete(out)
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["directory", "file-url"])
+@pytest.mark.parametrize("compressed", [True, False], ids=["gz", "plain"])
+def test_local_mirror_from_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_url: bool, compressed: bool
+) -> None:
+    mirror = tmp_path / "my mirror"  # a space, to exercise URL quoting
+    mirror.mkdir()
+    for name, data in (gzipped(GOOD) if compressed else GOOD).items():
+        (mirror / name).write_bytes(data)
+    monkeypatch.setenv(download.MIRROR_ENV, mirror.as_uri() if as_url else str(mirror))
+    mirrors = download.mirror_list(("http://127.0.0.1:9/never-used/",))
+    assert mirrors[0] == (mirror.as_uri() if as_url else str(mirror))
+    out = tmp_path / "raw"
+    assert download_all(out, EXPECTED, mirrors, config(), log=lambda s: None) == []
+    assert_complete(out)  # byte-identical whichever form the mirror has
+
+
+def test_main_in_project(
+    project: Path, tiny_mirror: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror, digests = tiny_mirror
+    monkeypatch.chdir(project)
+    monkeypatch.setenv(download.MIRROR_ENV, str(mirror))
+    monkeypatch.setenv(download.DIGESTS_ENV, str(digests))
+    download.main()
+    table = json.loads(digests.read_text())
+    raw = project / "data" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(table)
+    for name, d in table.items():
+        assert hashlib.sha256((raw / name).read_bytes()).hexdigest() == d["sha256"]
+
+
+# --- fallback between mirrors ----------------------------------------------------------------
+
+
+def test_fallback_after_checksum_mismatch(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(tiny_files(seed=1)))  # valid IDX files, wrong content
+    server.mirrors["m2"] = Mirror(gzipped(GOOD))
+    out = tmp_path / "raw"
+    mirrors = [server.url("m1"), server.url("m2")]
+    assert download_all(out, EXPECTED, mirrors, config(retries=2), log=lambda s: None) == []
+    assert_complete(out)
+    assert server.count("m1") == 2 * 4 and server.count("m2") == 4
+
+
+def test_checksum_mismatch_message(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(tiny_files(seed=1)))
+    out = tmp_path / "raw"
+    got = hashlib.sha256(tiny_files(seed=1)[TRAIN_IMAGES]).hexdigest()[:16]
+    want = EXPECTED[TRAIN_IMAGES].sha256[:16]
+    assert fetch_one(out, [server.url("m1")]) == [
+        f"{server.url('m1')}: SHA-256 mismatch: got {got}..., expected {want}... (after 1 attempt)"
+    ]
+    assert_clean(out)
+
+
+def test_wrong_size_is_caught_before_the_digest(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / f"{TRAIN_IMAGES}.gz").write_bytes(gzip.compress(GOOD[TRAIN_IMAGES] * 3))
+    out = tmp_path / "raw"
+    failures = fetch_one(out, [str(mirror)])
+    assert len(failures) == 1 and "wrong size: more than" in failures[0]
+    assert_clean(out)
+
+
+def test_fallback_after_http_500(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(status=500)
+    server.mirrors["m2"] = Mirror(gzipped(GOOD))
+    out = tmp_path / "raw"
+    assert fetch_one(out, [server.url("m1"), server.url("m2")], config(retries=2)) == []
+    assert server.requests == [f"/m1/{TRAIN_IMAGES}.gz"] * 2 + [f"/m2/{TRAIN_IMAGES}.gz"]
+    assert_complete(out, (TRAIN_IMAGES,))
+    assert fetch_one(tmp_path / "other", [server.url("m1")]) == [
+        f"{server.url('m1')}: HTTP 500 Internal Server Error for {gz_url(server, 'm1')} (after 1 attempt)"
+    ]
+
+
+def test_fallback_after_timeout_before_response(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD), delay=10)
+    server.mirrors["m2"] = Mirror(gzipped(GOOD))
+    out = tmp_path / "raw"
+    cfg = config(timeout=0.5)
+    start = time.monotonic()
+    assert fetch_one(out, [server.url("m1")], cfg) == [
+        f"{server.url('m1')}: no response from {gz_url(server, 'm1')} within 0.5 s (after 1 attempt)"
+    ]
+    assert_clean(out)
+    assert fetch_one(out, [server.url("m1"), server.url("m2")], cfg) == []
+    assert time.monotonic() - start < 5
+    assert_complete(out, (TRAIN_IMAGES,))
+
+
+def test_fallback_after_timeout_during_transfer(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD), stall_after=100)
+    server.mirrors["m2"] = Mirror(gzipped(GOOD))
+    out = tmp_path / "raw"
+    cfg = config(timeout=0.5)
+    assert fetch_one(out, [server.url("m1")], cfg) == [
+        f"{server.url('m1')}: transfer of {gz_url(server, 'm1')} timed out (no data for 0.5 s)"
+        " (after 1 attempt)"
+    ]
+    assert_clean(out)
+    assert fetch_one(out, [server.url("m1"), server.url("m2")], cfg) == []
+    assert_complete(out, (TRAIN_IMAGES,))
+
+
+def truncated(gz: bytes) -> bytes:
+    return gz[: len(gz) // 2]
+
+
+def garbled(gz: bytes) -> bytes:
+    return gz[:10] + bytes(b ^ 0x5A for b in gz[10:])
+
+
+def bad_crc(gz: bytes) -> bytes:
+    return gz[:-8] + b"\x00" * 8
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "problem"),
+    [
+        (truncated, "corrupt gzip data: Compressed file ended before the end-of-stream marker"),
+        (garbled, "corrupt gzip data: "),
+        (bad_crc, "corrupt gzip data: CRC check failed"),
+    ],
+)
+def test_fallback_after_corrupt_gzip(
+    server: LocalServer, tmp_path: Path, corrupt: Callable[[bytes], bytes], problem: str
+) -> None:
+    server.mirrors["m1"] = Mirror({k: corrupt(v) for k, v in gzipped(GOOD).items()})
+    server.mirrors["m2"] = Mirror(gzipped(GOOD))
+    out = tmp_path / "raw"
+    failures = fetch_one(out, [server.url("m1")])
+    assert len(failures) == 1 and problem in failures[0], failures
+    assert_clean(out)
+    assert fetch_one(out, [server.url("m1"), server.url("m2")]) == []
+    assert_complete(out, (TRAIN_IMAGES,))
+
+
+def test_content_length_mismatch(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD), extra_length=7)
+    out = tmp_path / "raw"
+    size = len(gzipped(GOOD)[f"{TRAIN_IMAGES}.gz"])
+    assert fetch_one(out, [server.url("m1")]) == [
+        f"{server.url('m1')}: {gz_url(server, 'm1')}: {size} bytes received"
+        f" but Content-Length said {size + 7} (after 1 attempt)"
+    ]
+    assert_clean(out)
+
+
+def test_unreachable_mirror(tmp_path: Path) -> None:
+    with LocalServer() as srv:  # bound, then closed: nothing listens on that port any more
+        url = srv.url("m1")
+    failures = fetch_one(tmp_path / "raw", [url])
+    assert len(failures) == 1 and failures[0].startswith(f"{url}: cannot reach {url}{TRAIN_IMAGES}.gz: ")
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+def test_bounded_retries_with_exponential_backoff(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(status=503)
+    server.mirrors["m2"] = Mirror(status=500)
+    out = tmp_path / "raw"
+    slept: list[float] = []
+    mirrors = [server.url("m1"), server.url("m2")]
+    failures = fetch_one(out, mirrors, config(retries=4, backoff=0.5), slept.append)
+    assert server.count("m1") == 4 and server.count("m2") == 4
+    assert slept == [0.5, 1.0, 2.0] * 2  # no pause after the last attempt on a mirror
+    assert failures == [
+        f"{server.url('m1')}: HTTP 503 Service Unavailable for {gz_url(server, 'm1')} (after 4 attempts)",
+        f"{server.url('m2')}: HTTP 500 Internal Server Error for {gz_url(server, 'm2')} (after 4 attempts)",
+    ]
+    assert_clean(out)
+
+
+def test_retry_succeeds_when_the_mirror_recovers(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(status=500)
+    out = tmp_path / "raw"
+
+    def recover(seconds: float) -> None:
+        server.mirrors["m1"] = Mirror(gzipped(GOOD))
+
+    assert fetch_one(out, [server.url("m1")], config(retries=3, backoff=1.0), recover) == []
+    assert server.count("m1") == 2
+    assert_complete(out, (TRAIN_IMAGES,))
+
+
+def test_missing_file_is_not_retried(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror({})
+    slept: list[float] = []
+    failures = fetch_one(tmp_path / "raw", [server.url("m1")], config(retries=3), slept.append)
+    assert failures == [f"{server.url('m1')}: has neither {TRAIN_IMAGES}.gz nor {TRAIN_IMAGES}"]
+    assert server.requests == [f"/m1/{TRAIN_IMAGES}.gz", f"/m1/{TRAIN_IMAGES}"] and slept == []
+
+
+# --- failure leaves nothing behind -------------------------------------------------------------
+
+
+def test_interrupted_transfer_leaves_no_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / TRAIN_IMAGES).write_bytes(GOOD[TRAIN_IMAGES])
+    out = tmp_path / "raw"
+
+    def interrupted(url: str, dest: Path, timeout: float) -> None:
+        dest.write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "fetch_to", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_one(out, [str(mirror)])
+    assert list(out.iterdir()) == []
+
+
+def test_all_mirrors_fail_in_process(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(status=500)
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / TRAIN_IMAGES).write_bytes(GOOD[TRAIN_IMAGES][:100])  # left by an older, interrupted tool
+    (out / f".{TRAIN_IMAGES}.x1y2z3").mkdir()  # the temp dir of a killed run
+    errors = download_all(out, EXPECTED, [server.url("m1")], config(), log=lambda s: None)
+    # The first file no mirror has ends the attempt: the others would fail the same way.
+    assert errors == [
+        f"download: could not get {TRAIN_IMAGES} from any mirror:",
+        f"  {server.url('m1')}: HTTP 500 Internal Server Error for {gz_url(server, 'm1')} (after 1 attempt)",
+    ]
+    assert server.count("m1") == 1
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_all_mirrors_fail_stage_exits_with_advice(
+    server: LocalServer, project: Path, tiny_mirror: tuple[Path, Path]
+) -> None:
+    server.mirrors["m1"] = Mirror(status=500)
+    server.mirrors["m2"] = Mirror({})
+    server.mirrors["m3"] = Mirror({k: v[:40] for k, v in gzipped(GOOD).items()})
+    urls = [server.url(m) for m in ("m1", "m2", "m3")]
+    write_params(project, {"download": {"mirrors": urls, "retries": 2, "backoff_seconds": 0.01}})
+    env = stage_env(tiny_mirror)
+    del env[download.MIRROR_ENV]
+    result = run_stage(project, "download", env, check=False)
+    assert result.returncode == 1, result.stderr
+    name = FILE_NAMES[0]
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"download: could not get {name} from any mirror:"
+    assert lines[1] == (
+        f"  {urls[0]}: HTTP 500 Internal Server Error for {urls[0]}{name}.gz (after 2 attempts)"
+    )
+    assert lines[2] == f"  {urls[1]}: has neither {name}.gz nor {name}"
+    assert lines[3].startswith(f"  {urls[2]}: corrupt gzip data: ")
+    assert lines[3].endswith("(after 2 attempts)")
+    assert "set MNIST_MIRROR to a directory or URL" in lines[4]
+    assert len(lines) == 5
+    assert list((project / "data" / "raw").iterdir()) == []
+
+
+# --- progress bar, digest table, mirror list ---------------------------------------------------
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_is_closed(server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm
+
+    bars: list[tqdm.tqdm] = []
+
+    class RecordedBar(tqdm.tqdm):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+            self.closed = False
+
+        def close(self) -> None:
+            self.closed = True
+            super().close()
+
+    monkeypatch.setattr(tqdm, "tqdm", RecordedBar)
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    server.mirrors["m1"] = Mirror(gzipped(GOOD))
+    server.mirrors["m2"] = Mirror(gzipped(GOOD), stall_after=10)
+    download.fetch_to(server.url("m1") + f"{TRAIN_IMAGES}.gz", tmp_path / "a", timeout=5)
+    with pytest.raises(FetchError, match="timed out"):
+        download.fetch_to(server.url("m2") + f"{TRAIN_IMAGES}.gz", tmp_path / "b", timeout=0.3)
+    assert len(bars) == 2 and all(bar.closed for bar in bars)
+    assert bars[0].n == len(gzipped(GOOD)[f"{TRAIN_IMAGES}.gz"])
+    assert TRAIN_IMAGES in terminal.getvalue()
+
+
+def test_no_progress_bar_without_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 100)
+    download.fetch_to(src.as_uri(), tmp_path / "dest", timeout=1)
+    assert (tmp_path / "dest").read_bytes() == b"x" * 100
+
+
+def test_digest_table_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert download.load_expected() is download.CANONICAL
+    table = tmp_path / "digests.json"
+    table.write_text(json.dumps({"a": {"size": 3, "sha256": "abc"}}))
+    monkeypatch.setenv(download.DIGESTS_ENV, str(table))
+    assert download.load_expected() == {"a": Expected(3, "abc")}
+    table.write_text(json.dumps({"a": {"sha256": "abc"}}))
+    message = f"download: $MNIST_DIGESTS={table} is not a readable digest table"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        download.load_expected()
+
+
+def test_env_mirror_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    configured = ("https://a.example/", "https://b.example/")
+    assert download.mirror_list(configured) == list(configured)
+    monkeypatch.setenv(download.MIRROR_ENV, " /data/mnist ")
+    assert download.mirror_list(configured) == ["/data/mnist", *configured]
+
+
+def test_file_url() -> None:
+    assert download.file_url("https://a.example/mnist", "x.gz") == "https://a.example/mnist/x.gz"
+    assert download.file_url("https://a.example/mnist/", "x.gz") == "https://a.example/mnist/x.gz"
+    assert download.file_url("/srv/my data", "x") == "file:///srv/my%20data/x"

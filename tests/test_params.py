@@ -1,0 +1,234 @@
+"""params.yaml validation: a bad value exits 2 with one line naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from stages import params
+from stages.params import SECTIONS, DownloadParams, ModelParams, SplitParams, TrainParams
+from tests.conftest import ROOT, run_stage, stage_env, write_params
+
+Raw = dict[str, Any]
+
+
+def default_raw() -> Raw:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_default_params_parse() -> None:
+    parsed = params.load(*SECTIONS, path=ROOT / "params.yaml")
+    assert [type(p) for p in parsed] == list(SECTIONS.values())
+    download, split, model, train, evaluate, plots = parsed
+    assert isinstance(download, DownloadParams) and download.mirrors and download.retries >= 1
+    assert split == SplitParams(validation_size=5000, method="head", seed=42)
+    assert model == ModelParams(conv_filters=(16, 36), conv_kernel_size=5, dense_units=(128,))
+    assert isinstance(train, TrainParams)
+    assert (train.learning_rate, train.batch_size, train.eval_every) == (1e-4, 64, 100)
+    assert (train.patience, train.max_iterations, train.monitor) == (1000, 10000, "validation_accuracy")
+
+
+def test_sections_are_frozen() -> None:
+    (split,) = params.load("split", path=ROOT / "params.yaml")
+    with pytest.raises(AttributeError):
+        split.seed = 1  # type: ignore[misc]
+
+
+def test_returns_the_sections_asked_for_in_that_order() -> None:
+    train, split = params.load("train", "split", path=ROOT / "params.yaml")
+    assert isinstance(train, TrainParams) and isinstance(split, SplitParams)
+
+
+def set_key(section: str, key: str, value: Any) -> Callable[[Raw], None]:
+    def edit(raw: Raw) -> None:
+        raw[section][key] = value
+
+    return edit
+
+
+def remove(section: str, key: str | None = None) -> Callable[[Raw], None]:
+    def edit(raw: Raw) -> None:
+        if key is None:
+            del raw[section]
+        else:
+            del raw[section][key]
+
+    return edit
+
+
+def add_section(name: str) -> Callable[[Raw], None]:
+    def edit(raw: Raw) -> None:
+        raw[name] = {"x": 1}
+
+    return edit
+
+
+INT_SEED = "an integer between 0 and 2147483647"
+FILTERS = "a list of 1 to 4 integers, each between 1 and 1024"
+URLS = "a non-empty list of http(s):// or file:// URLs"
+
+CASES: list[tuple[str, Callable[[Raw], None], str]] = [
+    ("unknown-key", set_key("split", "sede", 1),
+     "params.yaml: unknown key split.sede; allowed keys: validation_size, method, seed"),
+    ("unknown-section", add_section("trian"),
+     "params.yaml: unknown section trian; allowed sections: download, split, model, train, evaluate, plots"),
+    ("missing-key", remove("split", "seed"),
+     f"params.yaml: missing key split.seed, which must be {INT_SEED}"),
+    ("missing-section", remove("plots"),
+     "params.yaml: missing section plots, which must have the keys dpi"),
+    ("section-not-mapping", lambda raw: raw.update(split=5),
+     "params.yaml: split must be a mapping of keys to values, got 5"),
+    ("empty-section", lambda raw: raw.update(evaluate=None),
+     "params.yaml: evaluate must be a mapping of keys to values, got None"),
+    ("string-for-int", set_key("split", "validation_size", "5000"),
+     "params.yaml: split.validation_size must be an integer between 1 and 59999, got '5000'"),
+    ("bool-for-int", set_key("train", "batch_size", True),
+     "params.yaml: train.batch_size must be an integer between 1 and 65536, got True"),
+    ("float-for-int", set_key("train", "batch_size", 64.0),
+     "params.yaml: train.batch_size must be an integer between 1 and 65536, got 64.0"),
+    ("bool-for-float", set_key("download", "timeout_seconds", False),
+     "params.yaml: download.timeout_seconds must be a number greater than 0.0 and at most 3600.0, got False"),
+    ("string-for-float", set_key("train", "learning_rate", "1e-4"),
+     "params.yaml: train.learning_rate must be a number greater than 0.0 and at most 1.0, got '1e-4'"),
+    ("below-range", set_key("split", "validation_size", -5),
+     "params.yaml: split.validation_size must be an integer between 1 and 59999, got -5"),
+    ("above-range", set_key("split", "validation_size", 60000),
+     "params.yaml: split.validation_size must be an integer between 1 and 59999, got 60000"),
+    ("open-lower-bound", set_key("train", "learning_rate", 0),
+     "params.yaml: train.learning_rate must be a number greater than 0.0 and at most 1.0, got 0"),
+    ("not-a-number", set_key("train", "min_delta", float("nan")),
+     "params.yaml: train.min_delta must be a number at least 0.0 and at most 1000000000.0, got nan"),
+    ("bad-choice", set_key("split", "method", "random"),
+     "params.yaml: split.method must be one of head, shuffle, stratified, got 'random'"),
+    ("choice-wrong-case", set_key("train", "monitor", "Validation_Loss"),
+     "params.yaml: train.monitor must be one of validation_accuracy, validation_loss, got 'Validation_Loss'"),
+    ("list-bad-item", set_key("model", "conv_filters", [16, "x"]),
+     f"params.yaml: model.conv_filters must be {FILTERS}, got [16, 'x']"),
+    ("list-item-out-of-range", set_key("model", "conv_filters", [16, 0]),
+     f"params.yaml: model.conv_filters must be {FILTERS}, got [16, 0]"),
+    ("list-too-long", set_key("model", "conv_filters", [8, 8, 8, 8, 8]),
+     f"params.yaml: model.conv_filters must be {FILTERS}, got [8, 8, 8, 8, 8]"),
+    ("list-empty", set_key("model", "conv_filters", []),
+     f"params.yaml: model.conv_filters must be {FILTERS}, got []"),
+    ("scalar-for-list", set_key("model", "conv_filters", 16),
+     f"params.yaml: model.conv_filters must be {FILTERS}, got 16"),
+    ("bool-in-list", set_key("model", "dense_units", [True]),
+     "params.yaml: model.dense_units must be a list of 0 to 4 integers, each between 1 and 8192, got [True]"),
+    ("bad-url", set_key("download", "mirrors", ["ftp://example.org/mnist/"]),
+     f"params.yaml: download.mirrors must be {URLS}, got ['ftp://example.org/mnist/']"),
+    ("no-urls", set_key("download", "mirrors", []),
+     f"params.yaml: download.mirrors must be {URLS}, got []"),
+    ("url-not-list", set_key("download", "mirrors", "https://example.org/"),
+     f"params.yaml: download.mirrors must be {URLS}, got 'https://example.org/'"),
+    ("inconsistent", set_key("train", "eval_every", 20000),
+     "params.yaml: train.eval_every must be at most train.max_iterations (10000), got 20000"),
+]
+
+
+def load_error(capsys: pytest.CaptureFixture[str], *sections: str) -> str:
+    """Run params.load, expect exit status 2, and return its single stderr line."""
+    with pytest.raises(SystemExit) as exit_info:
+        params.load(*sections)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("edit", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_params_exit_2_with_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    edit: Callable[[Raw], None],
+    message: str,
+) -> None:
+    raw = default_raw()
+    edit(raw)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    assert load_error(capsys, "split") == message
+
+
+def test_every_section_is_checked_whichever_is_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = default_raw()
+    raw["plots"]["dpi"] = 5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    message = "params.yaml: plots.dpi must be an integer between 30 and 600, got 5"
+    assert load_error(capsys, "split") == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("split: [unclosed\n", "params.yaml: not valid YAML at line 2, column 1: expected ',' or ']'"),
+        ("split:\n  seed: 1\n   method: head\n", "params.yaml: not valid YAML at line 3, column 10: mapping"),
+        ("- a\n- b\n", "params.yaml: must be a mapping of sections, got ['a', 'b']"),
+        ("", "params.yaml: must be a mapping of sections, got None"),
+    ],
+    ids=["unclosed", "indentation", "list", "empty"],
+)
+def test_unreadable_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    message: str,
+) -> None:
+    (tmp_path / "params.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert load_error(capsys, "split").startswith(message)
+
+
+def test_missing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_error(capsys, "split") == "params.yaml: not found; run the stage from the project root"
+
+
+BAD_PARAM_PROBE = """
+import contextlib, io, json, runpy, sys
+results = {}
+for stage in sys.argv[1:]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            runpy.run_module("stages." + stage, run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    results[stage] = [code, err.getvalue(), "tensorflow" in sys.modules, "keras" in sys.modules]
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_stages_reject_bad_params_before_importing_tensorflow(
+    project: Path, tiny_mirror: tuple[Path, Path]
+) -> None:
+    write_params(project, {"train": {"patience": 0}})
+    env = stage_env(tiny_mirror)
+    message = "params.yaml: train.patience must be an integer between 1 and 10000000, got 0\n"
+    result = run_stage(project, "train", env, check=False)
+    assert (result.returncode, result.stderr, result.stdout) == (2, message, "")
+    stages = ["download", "split", "train", "evaluate", "plots"]
+    probe = subprocess.run(
+        [sys.executable, "-c", BAD_PARAM_PROBE, *stages],
+        cwd=project, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    results = json.loads(probe.stdout.splitlines()[-1])
+    for stage in stages:
+        assert results[stage] == [2, message, False, False], stage

@@ -1,0 +1,160 @@
+"""Split stage: sizes, methods, determinism, class proportions and metrics/data.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages import split
+from stages.params import SplitParams
+from stages.split import data_metrics, split_train, validation_indices
+from tests.conftest import run_stage, stage_env
+from tests.tiny_mnist import make_arrays, write_mirror
+
+METHODS = ("head", "shuffle", "stratified")
+
+
+def skewed_labels(seed: int = 0) -> np.ndarray:
+    """Labels with very unequal classes (class c appears 10 * (c + 1) times), in random order."""
+    labels = np.repeat(np.arange(10, dtype=np.uint8), 10 * np.arange(1, 11))
+    np.random.default_rng(seed).shuffle(labels)
+    return labels
+
+
+def fake_images(labels: np.ndarray) -> np.ndarray:
+    """Images that carry their own index, so the split can be traced back."""
+    images = np.zeros((labels.size, 28, 28), dtype=np.uint8)
+    images[:, 0, 0] = np.arange(labels.size) % 256
+    images[:, 0, 1] = np.arange(labels.size) // 256
+    return images
+
+
+def index_of(images: np.ndarray) -> np.ndarray:
+    return images[:, 0, 0].astype(int) + 256 * images[:, 0, 1].astype(int)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sizes_and_partition(method: str) -> None:
+    labels = skewed_labels()
+    images = fake_images(labels)
+    parts = split_train(images, labels, SplitParams(validation_size=120, method=method, seed=3))
+    train_images, train_labels = parts["train"]
+    val_images, val_labels = parts["validation"]
+    assert train_images.shape == (430, 28, 28) and train_labels.shape == (430,)
+    assert val_images.shape == (120, 28, 28) and val_labels.shape == (120,)
+    train_idx, val_idx = index_of(train_images), index_of(val_images)
+    # Every image lands in exactly one part, with its own label, in the original order.
+    assert sorted(np.concatenate([train_idx, val_idx]).tolist()) == list(range(550))
+    assert np.all(np.diff(train_idx) > 0) and np.all(np.diff(val_idx) > 0)
+    np.testing.assert_array_equal(train_labels, labels[train_idx])
+    np.testing.assert_array_equal(val_labels, labels[val_idx])
+
+
+def test_head_is_the_first_images() -> None:
+    labels = skewed_labels()
+    np.testing.assert_array_equal(validation_indices(labels, 50, "head", seed=1), np.arange(50))
+    np.testing.assert_array_equal(validation_indices(labels, 50, "head", seed=2), np.arange(50))
+
+
+@pytest.mark.parametrize("method", ["shuffle", "stratified"])
+def test_seeded_methods_are_deterministic(method: str) -> None:
+    labels = skewed_labels()
+    first = validation_indices(labels, 100, method, seed=7)
+    np.testing.assert_array_equal(first, validation_indices(labels, 100, method, seed=7))
+    assert not np.array_equal(first, validation_indices(labels, 100, method, seed=8))
+    assert not np.array_equal(first, np.arange(100))
+    assert len(set(first.tolist())) == 100 and first.min() >= 0 and first.max() < labels.size
+
+
+def test_shuffle_is_spread_over_the_whole_set() -> None:
+    chosen = validation_indices(skewed_labels(), 100, "shuffle", seed=0)
+    assert chosen.max() > 275  # head would stop at 99
+
+
+def test_stratified_largest_remainder_by_hand() -> None:
+    labels = np.array([0] * 5 + [1] * 3 + [2] * 2, dtype=np.uint8)
+    # Quotas 2.0, 1.2, 0.8: floors 2, 1, 0; the one left over goes to the largest remainder (class 2).
+    chosen = validation_indices(labels, 4, "stratified", seed=0)
+    assert np.bincount(labels[chosen], minlength=10).tolist() == [2, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("size", [1, 7, 55, 100, 273, 549])
+def test_stratified_keeps_class_proportions(size: int) -> None:
+    labels = skewed_labels()
+    counts = np.bincount(labels, minlength=10)
+    chosen = validation_indices(labels, size, "stratified", seed=5)
+    taken = np.bincount(labels[chosen], minlength=10)
+    quota = counts * size / labels.size
+    assert taken.sum() == size == len(set(chosen.tolist()))
+    assert np.all(taken >= np.floor(quota)) and np.all(taken <= np.ceil(quota))
+    # Largest remainder: a class rounded up never has a smaller remainder than one rounded down.
+    remainder = quota - np.floor(quota)
+    up = taken > np.floor(quota)
+    if up.any() and (~up).any():
+        assert remainder[up].min() >= remainder[~up].max()
+
+
+def test_stratified_beats_shuffle_on_proportions() -> None:
+    labels = skewed_labels()
+    counts = np.bincount(labels, minlength=10)
+
+    def worst_error(method: str) -> float:
+        taken = np.bincount(labels[validation_indices(labels, 110, method, seed=0)], minlength=10)
+        return float(np.abs(taken - counts * 110 / labels.size).max())
+
+    assert worst_error("stratified") < 1 <= worst_error("shuffle")
+
+
+@pytest.mark.parametrize("size", [550, 600])
+def test_validation_must_leave_training_images(size: int) -> None:
+    message = f"split.validation_size {size} leaves no training images out of 550"
+    with pytest.raises(ValueError, match=message):
+        validation_indices(skewed_labels(), size, "head", seed=0)
+
+
+def test_data_metrics() -> None:
+    labels = np.array([0, 0, 3, 9], dtype=np.uint8)
+    splits = {"train": (fake_images(labels), labels), "test": (fake_images(labels[:1]), labels[:1])}
+    metrics = data_metrics(splits)
+    assert metrics == {
+        "train": {"size": 4, "class_counts": [2, 0, 0, 1, 0, 0, 0, 0, 0, 1]},
+        "test": {"size": 1, "class_counts": [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]},
+    }
+
+
+def test_missing_raw_data_says_run_download(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project)
+    message = r"^split: data/raw/train-images-idx3-ubyte: not found; run the download stage first$"
+    with pytest.raises(SystemExit, match=message):
+        split.main()
+
+
+@pytest.mark.slow
+def test_split_stage(project: Path, tiny_mirror: tuple[Path, Path]) -> None:
+    write_mirror(project / "data" / "raw", gzipped=False)  # the download stage's output, decompressed
+    result = run_stage(project, "split", stage_env(tiny_mirror))
+    assert result.stdout.strip() == "split: train 500, validation 100, test 200"
+    arrays = make_arrays()
+    train_images, train_labels = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
+    expected = {
+        "train": (train_images[100:], train_labels[100:]),
+        "validation": (train_images[:100], train_labels[:100]),  # method head: the first 100
+        "test": (arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]),
+    }
+    for name, (images, labels) in expected.items():
+        with np.load(project / "data" / "split" / f"{name}.npz") as npz:
+            assert sorted(npz.files) == ["images", "labels"]
+            assert npz["images"].dtype == np.uint8 and npz["labels"].dtype == np.uint8
+            np.testing.assert_array_equal(npz["images"], images)
+            np.testing.assert_array_equal(npz["labels"], labels)
+    metrics = json.loads((project / "metrics" / "data.json").read_text())
+    assert metrics == {
+        name: {"size": int(labels.size), "class_counts": np.bincount(labels, minlength=10).tolist()}
+        for name, (_, labels) in expected.items()
+    }
+    assert sum(metrics["validation"]["class_counts"]) == 100
+    leftovers = [p.name for p in (project / "data" / "split").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
