@@ -1,0 +1,164 @@
+"""Evaluate stage: metrics and the restore check as pure functions, then the stage on a tiny pipeline run."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages import evaluate
+from tests.conftest import ROOT, TINY_PARAMS, run_stage, stage_env, write_params
+from tests.tiny_mnist import write_mirror
+
+# Six images of classes 0-2; predicted 0, 1, 1, 1, 2, 0. Hand-computed below.
+LABELS = np.array([0, 0, 1, 1, 2, 2])
+PREDICTED = np.array([0, 1, 1, 1, 2, 0])
+CONFUSION = np.zeros((10, 10), dtype=np.int64)
+CONFUSION[0, 0] = CONFUSION[0, 1] = CONFUSION[2, 2] = CONFUSION[2, 0] = 1
+CONFUSION[1, 1] = 2
+
+
+def probabilities_for(predicted: np.ndarray, top: float = 0.8) -> np.ndarray:
+    """Probabilities with `top` on the predicted class and the rest spread evenly."""
+    p = np.full((predicted.size, 10), (1.0 - top) / 9, dtype=np.float32)
+    p[np.arange(predicted.size), predicted] = top
+    return p
+
+
+def test_network_results_match_hand_computed_values() -> None:
+    results = evaluate.network_results(LABELS, probabilities_for(PREDICTED))
+    assert set(results) == {"accuracy", "loss", "correct", "total", "macro_f1", "per_class"}
+    assert (results["correct"], results["total"]) == (4, 6)
+    assert results["accuracy"] == pytest.approx(4 / 6)
+    # Correct images cost -log 0.8; the two wrong ones -log(0.2 / 9).
+    assert results["loss"] == pytest.approx((4 * -math.log(0.8) + 2 * -math.log(0.2 / 9)) / 6, abs=1e-5)
+    per_class = results["per_class"]
+    assert list(per_class) == [str(c) for c in range(10)]
+    assert per_class["0"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5})
+    assert per_class["1"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8}, abs=1e-6)
+    assert per_class["2"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3}, abs=1e-6)
+    assert per_class["9"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    # Macro average over all ten classes; the seven absent ones score 0.
+    assert results["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 10, abs=1e-6)
+    json.dumps(results)  # plain Python types only
+
+
+def test_confusion_matrix_and_its_text_table() -> None:
+    matrix = evaluate.confusion(LABELS, PREDICTED)
+    np.testing.assert_array_equal(matrix, CONFUSION)
+    lines = evaluate.format_confusion(matrix).splitlines()
+    assert "rows: true class" in lines[0] and "predicted" in lines[1]
+    rows = [line.split("|")[1].split() for line in lines[2:]]
+    np.testing.assert_array_equal(np.array(rows, dtype=np.int64), CONFUSION)
+
+
+def test_cross_entropy_clips_zero_probabilities() -> None:
+    p = np.zeros((1, 10), dtype=np.float32)
+    p[0, 3] = 1.0
+    assert evaluate.cross_entropy(np.array([3]), p)[0] == pytest.approx(-math.log(1 - 1e-7))
+    assert evaluate.cross_entropy(np.array([4]), p)[0] == pytest.approx(-math.log(1e-7))
+
+
+def test_restore_check_accepts_float_noise_only() -> None:
+    assert evaluate.restore_error(4933, 5000, 0.9866, 5600) is None
+    assert evaluate.restore_error(4933, 5000, 0.9866 + 1e-12, 5600) is None
+    error = evaluate.restore_error(4932, 5000, 0.9866, 5600)
+    assert error is not None
+    assert "not the one saved as best" in error
+    assert "0.9864 (4932 / 5000)" in error and "0.9866 (4933 / 5000)" in error
+    assert "iteration 5600" in error and "dvc repro -f train" in error
+
+
+def test_accuracy_line_has_the_tutorial_format() -> None:
+    line = evaluate.accuracy_line("Restored best network", 9842, 10000)
+    assert line == "Restored best network: Accuracy on Test-Set: 98.4% (9842 / 10000)"
+
+
+def test_predictions_csv_rows() -> None:
+    p = probabilities_for(PREDICTED, top=0.91234)
+    lines = evaluate.predictions_csv(LABELS, p).splitlines()
+    assert lines[0] == "actual,predicted,confidence"
+    assert lines[1:3] == ["0,0,0.9123", "0,1,0.9123"]
+    assert len(lines) == 1 + LABELS.size
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
+    """(project, env, evaluate's stdout) after download, split, train and evaluate on tiny data."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    mirror = tmp / "mirror"
+    env = stage_env((mirror, write_mirror(mirror)))
+    project = tmp / "project"
+    project.mkdir()
+    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy2(ROOT / name, project / name)
+    write_params(project, TINY_PARAMS)
+    for stage in ("download", "split", "train"):
+        run_stage(project, stage, env)
+    return project, env, run_stage(project, "evaluate", env).stdout
+
+
+@pytest.mark.slow
+def test_evaluate_writes_metrics_and_predictions(pipeline: tuple[Path, dict[str, str], str]) -> None:
+    project, _, stdout = pipeline
+    metrics = json.loads((project / "metrics/test.json").read_text())
+    train_metrics = json.loads((project / "metrics/train.json").read_text())
+    assert set(metrics) == {"best", "final", "untrained", "restore_check"}
+    per_class = json.loads((project / "metrics/per_class.json").read_text())
+    for key in ("best", "final"):
+        assert set(metrics[key]) == {"accuracy", "loss", "correct", "total", "macro_f1"}
+        assert list(per_class[key]) == [str(c) for c in range(10)]
+    assert set(metrics["untrained"]) == {"accuracy", "loss", "correct", "total"}
+    check = metrics["restore_check"]
+    assert check["validation_accuracy"] == check["recorded_validation_accuracy"]
+    assert check["recorded_validation_accuracy"] == train_metrics["best_validation_accuracy"]
+
+    with np.load(project / "data/split/test.npz") as test:
+        labels = test["labels"]
+    lines = (project / "metrics/predictions.csv").read_text().splitlines()
+    assert lines[0] == "actual,predicted,confidence"
+    rows = np.array([line.split(",") for line in lines[1:]], dtype=np.float64)
+    np.testing.assert_array_equal(rows[:, 0], labels)
+    assert int(np.sum(rows[:, 0] == rows[:, 1])) == metrics["best"]["correct"] == round(
+        metrics["best"]["accuracy"] * labels.size
+    )
+    assert np.all((rows[:, 2] >= 0.1) & (rows[:, 2] <= 1.0))
+    assert all(len(line.rsplit(".", 1)[1]) == 4 for line in lines[1:])
+
+    assert "Restore check passed" in stdout
+    assert stdout.count("Accuracy on Test-Set: ") == 3
+    for label in ("Untrained network", f"Final network (iteration {train_metrics['stopped_iteration']})",
+                  f"Restored best network (iteration {train_metrics['best_iteration']})"):
+        assert f"{label}: Accuracy on Test-Set: " in stdout
+    assert "Confusion Matrix" in stdout
+
+
+@pytest.mark.slow
+def test_evaluate_fails_when_best_model_does_not_match_train_metrics(
+    pipeline: tuple[Path, dict[str, str], str], tmp_path: Path
+) -> None:
+    source, env, _ = pipeline
+    project = tmp_path / "project"
+    shutil.copytree(source, project)
+    train_json = project / "metrics/train.json"
+    train_metrics = json.loads(train_json.read_text())
+    recorded = train_metrics["best_validation_accuracy"]
+    # As if models/best were a network one validation image worse than the one recorded.
+    train_metrics["best_validation_accuracy"] = recorded - 0.01 if recorded > 0.5 else recorded + 0.01
+    train_json.write_text(json.dumps(train_metrics))
+    for output in ("metrics/test.json", "metrics/predictions.csv"):
+        (project / output).unlink()
+
+    result = run_stage(project, "evaluate", env, check=False)
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert "the restored network is not the one saved as best" in error
+    assert repr(recorded) in error and repr(train_metrics["best_validation_accuracy"]) in error
+    assert "dvc repro -f train" in error
+    assert not (project / "metrics/test.json").exists()
+    assert not (project / "metrics/predictions.csv").exists()
