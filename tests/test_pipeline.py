@@ -161,6 +161,8 @@ def test_metrics_diff_against_the_committed_baseline(repo: Repo):
     assert change["old"] != change["new"]
     table = repo.run("dvc", "metrics", "diff").stdout
     assert "stopped_iteration" in table
+    repo.run("dvc", "plots", "diff")
+    assert "validation_accuracy" in (repo.path / "dvc_plots/index.html").read_text()
     repo.commit("patience 40")
 
 
@@ -198,10 +200,9 @@ def test_bad_param_fails_with_the_error_line_and_keeps_outputs(repo: Repo):
 
 
 def test_experiment_run_and_queue(repo: Repo):
-    repo.run("dvc", "exp", "run", "-n", "patience-60", "-S", "train.patience=60")
-    repo.run("dvc", "exp", "run", "--queue", "-n", "patience-20", "-S", "train.patience=20")
-    repo.run("dvc", "exp", "run", "--queue", "-n", "patience-80", "-S", "train.patience=80")
-    repo.run("dvc", "queue", "start", "--jobs", "1")
+    repo.run("dvc", "exp", "run", "-S", "train.patience=60")
+    repo.run("dvc", "exp", "run", "--queue", "-S", "train.patience=20,80")  # a sweep of two
+    repo.run("dvc", "queue", "start")
     deadline = time.monotonic() + 600
     while True:
         status = repo.run("dvc", "queue", "status").stdout
@@ -210,20 +211,19 @@ def test_experiment_run_and_queue(repo: Repo):
         assert time.monotonic() < deadline, f"queued experiments did not finish:\n{status}"
         time.sleep(2)
     assert "Failed" not in status, status
+    assert "patience" in repo.run("dvc", "exp", "show").stdout
     shown = json.loads(repo.run("dvc", "exp", "show", "--json").stdout)
-    experiments = {}
+    by_patience = {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
             for rev in exp["revs"]:
                 data = rev["data"]
-                experiments[rev["name"]] = data
-    assert {"patience-60", "patience-20", "patience-80"} <= set(experiments), experiments.keys()
-    for name, patience in (("patience-60", 60), ("patience-20", 20), ("patience-80", 80)):
-        data = experiments[name]
-        assert data["params"]["params.yaml"]["data"]["train"]["patience"] == patience
-        metrics = data["metrics"]["metrics/train.json"]["data"]
-        assert metrics["stop_reason"] in ("patience", "max_iterations")
-        assert data["metrics"]["metrics/test.json"]["data"]["best"]["accuracy"] >= 0.0
+                by_patience[data["params"]["params.yaml"]["data"]["train"]["patience"]] = data
+    assert {60, 20, 80} <= set(by_patience), sorted(by_patience)
+    for patience in (60, 20, 80):
+        metrics = by_patience[patience]["metrics"]
+        assert metrics["metrics/train.json"]["data"]["stop_reason"] in ("patience", "max_iterations")
+        assert 0.0 <= metrics["metrics/test.json"]["data"]["best"]["accuracy"] <= 1.0
 
 
 def test_remote_push_clone_pull_then_nothing_to_run(repo: Repo, tmp_path: Path):
