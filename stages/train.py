@@ -5,6 +5,10 @@ Reads data/split/{train,validation}.npz; writes models/best and models/final
 metrics/history.csv. Work in progress lives in checkpoints/train/, outside
 DVC's outputs so it survives DVC clearing them before a re-run; it is
 removed once training has finished and every output is written.
+
+With train.distribute: multi_worker, run it on every worker with its own
+TF_CONFIG: the chief (worker 0) writes all of the above; the other workers
+write nothing in the project.
 """
 
 from __future__ import annotations
@@ -17,16 +21,22 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from stages import params
+from stages import distribute, params
 from stages.atomic import write_atomic, write_json
 from stages.early_stopping import EarlyStopping, evaluation_points
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from stages.trainer import Trainer
 
 SPLIT_DIR = Path("data/split")
 CHECKPOINT_DIR = Path("checkpoints/train")
@@ -39,7 +49,7 @@ HISTORY_FIELDS = (
 )
 # Every project module whose code shapes the result: a checkpoint is resumed
 # only by the same code.
-CODE_FILES = ("train.py", "model.py", "early_stopping.py", "params.py")
+CODE_FILES = ("train.py", "trainer.py", "distribute.py", "model.py", "early_stopping.py", "params.py")
 VALIDATION_BATCH = 1000
 
 
@@ -141,33 +151,64 @@ def load_split(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
-    """Run (or resume) training and write every output of the stage."""
+    """Run (or resume) training; the chief writes every output of the stage."""
+    task = distribute.task_from_tf_config(os.environ) if cfg.distribute == "multi_worker" else distribute.SINGLE_PROCESS
+    cpus = distribute.logical_cpus(os.environ)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from stages import trainer  # TensorFlow: imported only once params are known good
+    # TensorFlow is imported from here on, only once params are known good.
+    if cpus is not None:
+        distribute.split_cpu(cpus)
+    strategy, strategy_name = distribute.make_strategy(cfg.distribute)
+    distribute.check_batch_size(cfg.batch_size, strategy.num_replicas_in_sync, strategy_name)
+    if task.is_chief:
+        run(model_cfg, cfg, strategy, strategy_name, CHECKPOINT_DIR)
+        return
+    # The other workers take part in every collective step, saves included,
+    # but keep their checkpoints in a private directory and write no outputs.
+    private = Path(tempfile.mkdtemp(prefix="train-worker-"))
+    try:
+        run(model_cfg, cfg, strategy, strategy_name, private / "checkpoints", chief=False)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    print(f"train: worker {task.index} of {task.count} finished; the chief (worker 0) wrote the outputs")
+
+
+def run(
+    model_cfg: params.ModelParams,
+    cfg: params.TrainParams,
+    strategy: tf.distribute.Strategy,
+    strategy_name: str,
+    checkpoint_dir: Path,
+    chief: bool = True,
+) -> None:
+    """The training loop; only the chief reads checkpoints, prints progress and writes outputs."""
+    from stages import trainer  # TensorFlow
 
     manifest = run_manifest(model_cfg, cfg)
-    resuming = prepare_checkpoint_dir(manifest)
+    resuming = prepare_checkpoint_dir(manifest) if chief else False
     train_data, validation_data = load_split("train"), load_split("validation")
-    runner = trainer.Trainer(model_cfg, cfg, train_data, validation_data, CHECKPOINT_DIR)
+    runner = trainer.Trainer(model_cfg, cfg, train_data, validation_data, checkpoint_dir, strategy)
 
     state = runner.restore() if resuming else None
     if resuming and state is None:
         print(f"train: no usable checkpoint in {CHECKPOINT_DIR}; starting fresh")
         prepare_checkpoint_dir({})  # clears it
         write_json(CHECKPOINT_DIR / "manifest.json", manifest)
-        runner = trainer.Trainer(model_cfg, cfg, train_data, validation_data, CHECKPOINT_DIR)
+    state = runner.share_state(state)
     if state is None:
         stopper = EarlyStopping(cfg.monitor, cfg.patience, cfg.min_delta, cfg.max_iterations)
         history: list[dict[str, Any]] = []
         wall_before = 0.0
-        runner.save_initial_kernels()
+        if chief:
+            runner.save_initial_kernels()
     else:
         stopper = EarlyStopping.from_state(state["early_stopping"])
         history, wall_before = state["history"], state["wall_seconds"]
-        print(f"train: resuming from the checkpoint at iteration {runner.iteration} (best so far at "
-              f"{stopper.best_iteration})")
+        if chief:
+            print(f"train: resuming from the checkpoint at iteration {runner.iteration} (best so far at "
+                  f"{stopper.best_iteration})")
 
-    log, advance, close = make_logger()
+    log, advance, close = make_logger() if chief else ((lambda s: None), (lambda n: None), (lambda: None))
     stop = StopRequest()
     started = time.perf_counter()
     start_iteration = runner.iteration
@@ -183,25 +224,44 @@ def train(model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
             improved = stopper.update(point, {k: row[k] for k in ("train_batch_loss", "validation_loss", "validation_accuracy")})
             row["improved"] = improved
             history.append(row)
-            if improved:
+            if improved and chief:
                 runner.save_best()
             log(log_line(point, row["train_batch_accuracy"], row["validation_accuracy"], improved))
             wall = wall_before + time.perf_counter() - started
             finished = stopper.stop_reason is not None
-            if not finished and (point - last_checkpoint >= checkpoint_every or stop.signum):
+            signum = runner.agreed_signal(stop.signum)
+            if not finished and (point - last_checkpoint >= checkpoint_every or signum):
                 runner.save_checkpoint({"early_stopping": stopper.state(), "history": history, "wall_seconds": wall})
                 last_checkpoint = point
-            if stop.signum and not finished:
+            if signum and not finished:
                 close()
-                print(f"train: interrupted at iteration {point}; checkpoint saved, "
-                      "`dvc repro` resumes from it", file=sys.stderr)
-                raise SystemExit(128 + stop.signum)
+                if chief:
+                    print(f"train: interrupted at iteration {point}; checkpoint saved, "
+                          "`dvc repro` resumes from it", file=sys.stderr)
+                else:
+                    print(f"train: interrupted at iteration {point}; the chief saved a checkpoint, "
+                          "which the next run resumes from", file=sys.stderr)
+                raise SystemExit(128 + signum)
             if finished:
                 break
     finally:
         close()
+    if chief:
+        finish(runner, model_cfg, cfg, stopper, history, start_iteration,
+                      wall_before + time.perf_counter() - started, strategy_name)
 
-    wall = wall_before + time.perf_counter() - started
+
+def finish(
+    runner: Trainer,
+    model_cfg: params.ModelParams,
+    cfg: params.TrainParams,
+    stopper: EarlyStopping,
+    history: list[dict[str, Any]],
+    start_iteration: int,
+    wall: float,
+    strategy_name: str,
+) -> None:
+    """Report how training ended, write the models and metrics, and remove the checkpoints."""
     if stopper.best_value is None:
         raise SystemExit("train: no evaluation gave a finite validation value, so there is no best "
                          "network to save. Try a lower train.learning_rate or train.precision: float32.")
@@ -226,6 +286,8 @@ def train(model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
         "resumed_from_iteration": start_iteration,
         "wall_seconds": round(wall, 2),
         "iterations_per_second": round(runner.iteration / wall, 2) if wall > 0 else 0.0,
+        "replicas": runner.replicas,
+        "strategy": strategy_name,
     }
     write_json(TRAIN_METRICS, metrics)
     shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)

@@ -12,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from stages import params
-from stages.atomic import replace_dir, write_json
+from stages.atomic import replace_dir, write_atomic, write_json
+from stages.distribute import from_chief, is_multi_worker, max_over_workers
 from stages.model import build_model, conv_kernels, describe
 
 
@@ -29,7 +30,11 @@ def cross_entropy(labels: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
 
 
 class Trainer:
-    """Owns the network, the optimiser, the data on the device and the checkpoints."""
+    """Owns the network, the optimiser, the data on the devices and the checkpoints.
+
+    Under a tf.distribute strategy every replica computes the gradient of its
+    share of each global batch; the optimiser sums them over the replicas.
+    """
 
     def __init__(
         self,
@@ -38,31 +43,36 @@ class Trainer:
         train_data: tuple[np.ndarray, np.ndarray],
         validation_data: tuple[np.ndarray, np.ndarray],
         checkpoint_dir: Path,
+        strategy: tf.distribute.Strategy | None = None,
     ) -> None:
         configure(cfg)
         self.cfg, self.model_cfg = cfg, model_cfg
-        self.model = build_model(model_cfg, cfg.seed)
-        optimizer = keras.optimizers.Adam(cfg.learning_rate)
-        if cfg.precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        self.optimizer = optimizer
-        self.optimizer.build(self.model.trainable_variables)
-        # Images stay uint8 on the device (4x less memory traffic); batches are
-        # gathered and scaled inside the compiled step, so no host copy per step.
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        with self.strategy.scope():
+            self.model = build_model(model_cfg, cfg.seed)
+            optimizer = keras.optimizers.Adam(cfg.learning_rate)
+            if cfg.precision == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            self.optimizer.build(self.model.trainable_variables)
+            self.iteration_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # Images stay uint8 (4x less memory than float32); batches are gathered
+        # and scaled inside the compiled step, so Python copies nothing per step.
         self.train_images = tf.constant(train_data[0])
         self.train_labels = tf.constant(train_data[1].astype(np.int32))
         self.validation_images = tf.constant(validation_data[0])
         self.validation_labels = tf.constant(validation_data[1].astype(np.int32))
-        self.iteration_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # Host-side JSON of the loop's state, only ever saved and restored: it
+        # stays outside the strategy (no replica reads it; a GPU holds no strings).
         self.state_var = tf.Variable("", dtype=tf.string, trainable=False)
         self.checkpoint_dir = checkpoint_dir
         self.best_path = checkpoint_dir / "best.weights.h5"
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, iteration=self.iteration_var, state=self.state_var
         )
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, checkpoint_dir / "latest", max_to_keep=cfg.keep_checkpoints
-        )
+        # Made at the first save: by then the directory holds only this run's checkpoints.
+        self.manager: tf.train.CheckpointManager | None = None
         self._train_steps = tf.function(self._train_steps_fn)
         self._validate_batch = tf.function(self._validate_batch_fn, reduce_retracing=True)
 
@@ -71,21 +81,39 @@ class Trainer:
         """Training iterations done so far."""
         return int(self.iteration_var.numpy())
 
-    def _batch(self, iteration: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _batch_index(self, iteration: tf.Tensor) -> tf.Tensor:
         # The batch is a pure function of (seed, iteration): the data order
-        # needs no state of its own, so a resumed run sees the same batches.
+        # needs no state of its own, so a resumed run sees the same batches,
+        # whatever the number of replicas.
         seed = tf.stack([tf.constant(self.cfg.seed, tf.int64), iteration])
         n = tf.shape(self.train_labels, out_type=tf.int64)[0]
-        index = tf.random.stateless_uniform([self.cfg.batch_size], seed, minval=0, maxval=n, dtype=tf.int64)
+        return tf.random.stateless_uniform([self.cfg.batch_size], seed, minval=0, maxval=n, dtype=tf.int64)
+
+    def _gather(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # Every replica gathers from the same host tensors (TensorFlow has no
+        # GPU gather for uint8), so only its small batch goes to its device.
         images = tf.cast(tf.gather(self.train_images, index), tf.float32) * (1.0 / 255.0)
         return images, tf.gather(self.train_labels, index)
 
-    def _step(self, iteration: tf.Tensor) -> None:
-        images, labels = self._batch(iteration)
+    def _batch(self, iteration: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return self._gather(self._batch_index(iteration))
+
+    def _step(self) -> None:
+        # Runs on each replica: its slice of the global batch, in replica order.
+        index = self._batch_index(self.iteration_var)
+        if self.replicas > 1:
+            size = self.cfg.batch_size // self.replicas
+            start = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64) * size
+            index = index[start : start + size]
+        images, labels = self._gather(index)
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             probabilities = self.model(images, training=True)
-            loss = tf.reduce_mean(cross_entropy(labels, probabilities))
+            # Sum over this replica's examples / global batch: the optimiser
+            # sums the replicas' gradients, giving the global batch's mean.
+            loss = tf.nn.compute_average_loss(
+                cross_entropy(labels, probabilities), global_batch_size=self.cfg.batch_size
+            )
             if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
                 loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(loss, variables)
@@ -95,8 +123,9 @@ class Trainer:
         # A whole chunk of steps runs in one graph call: no Python per step.
         for _ in tf.range(count):
             self.iteration_var.assign_add(1)
-            self._step(self.iteration_var)
-        # The tutorial reports accuracy on the last training batch after its update.
+            self.strategy.run(self._step)
+        # The tutorial reports accuracy on the last training batch after its
+        # update: the whole global batch, computed once with the shared weights.
         images, labels = self._batch(self.iteration_var)
         probabilities = self.model(images, training=False)
         return {
@@ -118,7 +147,13 @@ class Trainer:
         return correct, tf.reduce_sum(tf.cast(cross_entropy(labels, probabilities), tf.float64))
 
     def validate(self) -> dict[str, float]:
-        """Accuracy and mean loss on the whole validation set."""
+        """Accuracy and mean loss on the whole validation set.
+
+        Computed once, outside the replicas, with the shared weights. Under
+        multi_worker each worker computes it from the same synchronised
+        weights with the same ops, so every worker gets the same numbers and
+        takes the same early-stopping decisions.
+        """
         n = int(self.validation_labels.shape[0])
         correct, loss = 0, 0.0
         for start in range(0, n, 1000):
@@ -138,24 +173,63 @@ class Trainer:
 
     def save_initial_kernels(self) -> None:
         """Keep the untrained conv kernels for the before/after plots."""
-        np.savez(self.checkpoint_dir / "initial_kernels.npz", **conv_kernels(self.model))
+        with write_atomic(self.checkpoint_dir / "initial_kernels.npz") as f:
+            np.savez(f, **conv_kernels(self.model))
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """A resumable checkpoint: weights, optimiser, iteration and the loop's state."""
         self.state_var.assign(json.dumps(state))
+        if self.manager is None:
+            self.manager = tf.train.CheckpointManager(
+                self.checkpoint, self.checkpoint_dir / "latest", max_to_keep=self.cfg.keep_checkpoints
+            )
         self.manager.save(checkpoint_number=self.iteration)
 
+    def _numeric_state(self) -> list[Any]:
+        """Every checkpointed variable but the loop's state string."""
+        return [*self.model.variables, *self.optimizer.variables, self.iteration_var]
+
     def restore(self) -> dict[str, Any] | None:
-        """Restore the latest checkpoint; return the loop's state, or None if there is none."""
-        latest = self.manager.latest_checkpoint
+        """Restore the latest checkpoint; return the loop's state, or None (trainer untouched) if there is none."""
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir / "latest")
         if latest is None or not self.best_path.is_file() or not (self.checkpoint_dir / "initial_kernels.npz").is_file():
             return None
+        variables = [*self._numeric_state(), self.state_var]
+        before = [v.numpy() for v in variables]
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
-        except (ValueError, AssertionError, tf.errors.OpError) as e:
+        except (ValueError, AssertionError, IndexError, tf.errors.OpError) as e:  # IndexError: a torn data file
+            # A failed restore may have loaded some variables: put them all back.
+            for variable, value in zip(variables, before):
+                variable.assign(value)
             print(f"train: the checkpoint {latest} does not fit this network ({str(e).splitlines()[0]}); starting fresh")
             return None
         return json.loads(self.state_var.numpy().decode())
+
+    def share_state(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Under multi_worker, give every worker the chief's weights, optimiser and loop state; return the state.
+
+        Only the chief reads checkpoints, so a resumed run starts each worker
+        from what the chief restored (and a fresh run from the chief's initial weights).
+        """
+        if not is_multi_worker(self.strategy):
+            return state
+        # The state goes as JSON bytes: first its length, so every worker passes the same shapes.
+        text = np.frombuffer(json.dumps(state).encode(), np.uint8).astype(np.int32)
+        (length,) = from_chief(self.strategy, [tf.constant(text.size, tf.int64)])
+        if int(length) != text.size:  # the other workers' values do not count, only their shapes
+            text = np.zeros(int(length), np.int32)
+        variables = self._numeric_state()
+        shared = from_chief(self.strategy, [tf.constant(text), *(tf.convert_to_tensor(v) for v in variables)])
+        for variable, value in zip(variables, shared[1:]):
+            variable.assign(value)
+        return json.loads(shared[0].numpy().astype(np.uint8).tobytes().decode())
+
+    def agreed_signal(self, signum: int | None) -> int | None:
+        """The stop signal any worker got (so all stop together at the same checkpoint), or None."""
+        if not is_multi_worker(self.strategy):
+            return signum
+        return max_over_workers(self.strategy, signum or 0) or None
 
     def export(self, path: Path) -> None:
         """Write the current weights as a SavedModel whose `serve` maps images to probabilities."""
@@ -172,5 +246,6 @@ class Trainer:
             kernels = {f"{name}_initial": initial[name] for name in initial.files}
         kernels.update({f"{name}_best": k for name, k in conv_kernels(self.model).items()})
         kernels.update({f"{name}_final": k for name, k in final_kernels.items()})
-        np.savez(models_dir / "kernels.npz", **kernels)
+        with write_atomic(models_dir / "kernels.npz") as f:
+            np.savez(f, **kernels)
         write_json(models_dir / "model.json", {**describe(model_cfg), "precision": self.cfg.precision})

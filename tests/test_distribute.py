@@ -1,0 +1,275 @@
+"""train.distribute: TF_CONFIG checks, mirrored on two logical CPUs, two local multi-worker processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stages.distribute import Task, task_from_tf_config
+from tests.conftest import ROOT, TINY_PARAMS, run_stage, stage_env, write_params
+from tests.test_train import kill_after_checkpoint
+from tests.tiny_mnist import write_mirror
+
+# The sum of two half-batch gradients differs from the whole batch's gradient
+# only by float rounding (~1e-7 relative). Observed on tiny data: the same
+# best and stop iterations and the same validation accuracy at every
+# evaluation, validation losses within ~1e-7. Iterations must match exactly;
+# accuracies may differ by two of the 100 validation images (rounding could
+# tip a borderline image on another CPU), losses by 1e-4.
+ACCURACY_TOLERANCE = 2 / 100
+LOSS_TOLERANCE = 1e-4
+
+LOAD_AND_SERVE = (
+    "import sys, numpy as np, tensorflow as tf\n"
+    "assert 'stages' not in sys.modules\n"
+    "m = tf.saved_model.load(sys.argv[1])\n"
+    "data = np.load(sys.argv[2])\n"
+    "p = m.serve(data['images'].astype('float32') / 255).numpy()\n"
+    "assert p.shape == (len(data['labels']), 10) and np.allclose(p.sum(1), 1, atol=1e-4)\n"
+    "print((p.argmax(1) == data['labels']).mean())\n"
+)
+
+
+def tf_config(cluster: dict, task: dict) -> dict[str, str]:
+    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
+
+
+def test_the_chief_is_worker_0_or_the_chief_job():
+    workers = ["10.0.0.1:2222", "10.0.0.2:2222"]
+    assert task_from_tf_config(tf_config({"worker": workers}, {"type": "worker", "index": 0})) == Task(0, 2)
+    second = task_from_tf_config(tf_config({"worker": workers}, {"type": "worker", "index": 1}))
+    assert second == Task(1, 2) and not second.is_chief
+    cluster = {"chief": ["10.0.0.3:2222"], "worker": workers}
+    assert task_from_tf_config(tf_config(cluster, {"type": "chief", "index": 0})).is_chief
+    assert task_from_tf_config(tf_config(cluster, {"type": "worker", "index": 0})) == Task(1, 3)
+
+
+@pytest.mark.parametrize(
+    "environ,message",
+    [
+        ({}, "TF_CONFIG is not set"),
+        ({"TF_CONFIG": "{cluster: 1}"}, "TF_CONFIG is not valid JSON"),
+        ({"TF_CONFIG": "[]"}, 'TF_CONFIG must have a "cluster" and a "task" mapping'),
+        (tf_config({"worker": ["a:1"]}, {"type": "worker", "index": 1}), "task.index must be an integer from 0 to 0"),
+        (tf_config({"worker": ["a"]}, {"type": "worker", "index": 0}), 'list of "host:port" strings'),
+        (tf_config({"ps": ["a:1"]}, {"type": "ps", "index": 0}), "job 'ps' is not supported"),
+    ],
+)
+def test_a_bad_tf_config_is_refused_with_one_line(environ, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        task_from_tf_config(environ)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tf_config_value", [None, '{"cluster": {"worker": ["127.0.0.1:1"]}'])
+def test_the_stage_refuses_multi_worker_without_a_good_tf_config(project, tiny_mirror, tf_config_value):
+    write_params(project, {"train": {"distribute": "multi_worker"}})
+    env = stage_env(tiny_mirror)
+    env.pop("TF_CONFIG", None)
+    if tf_config_value is not None:
+        env["TF_CONFIG"] = tf_config_value
+    result = run_stage(project, "train", env, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "TF_CONFIG" in result.stderr
+
+
+def iteration_line(project: Path) -> str:
+    """The start of the log line of the evaluation where the run stopped."""
+    stopped = json.loads((project / "metrics/train.json").read_text())["stopped_iteration"]
+    return f"Iter: {stopped:>6}, Train-Batch Accuracy:"
+
+
+def history(project: Path) -> list[dict[str, str]]:
+    with (project / "metrics/history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A tiny project, downloaded and split, trained with distribute: none (the reference)."""
+    base = tmp_path_factory.mktemp("distribute")
+    mirror = (base / "mirror", write_mirror(base / "mirror"))
+    project = base / "single"
+    project.mkdir()
+    for name in ("stages", "params.yaml", "dvc.yaml"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, project / name)
+    write_params(project, TINY_PARAMS)
+    write_params(project, {"train": {"distribute": "none"}})
+    env = stage_env(mirror)
+    env.pop("TF_CONFIG", None)
+    for stage in ("download", "split", "train"):
+        run_stage(project, stage, env)
+    return project, env
+
+
+def copy_project(single: tuple[Path, dict[str, str]], name: str, distribute: str) -> Path:
+    """A copy of the reference project with its data but without its training outputs."""
+    reference, _ = single
+    project = reference.parent / name
+    shutil.copytree(reference, project, ignore=shutil.ignore_patterns("models", "train.json", "history.csv"))
+    write_params(project, {"train": {"distribute": distribute}})
+    return project
+
+
+def assert_same_training(project: Path, reference: Path) -> None:
+    """Same iterations as the reference run; accuracies and losses within the stated tolerances."""
+    ours, theirs = (json.loads((p / "metrics/train.json").read_text()) for p in (project, reference))
+    for key in ("best_iteration", "stopped_iteration", "stop_reason"):
+        assert ours[key] == theirs[key], key
+    assert abs(ours["best_validation_accuracy"] - theirs["best_validation_accuracy"]) <= ACCURACY_TOLERANCE
+    rows, reference_rows = history(project), history(reference)
+    assert [r["iteration"] for r in rows] == [r["iteration"] for r in reference_rows]
+    for row, ref in zip(rows, reference_rows):
+        assert abs(float(row["validation_accuracy"]) - float(ref["validation_accuracy"])) <= ACCURACY_TOLERANCE
+        assert abs(float(row["validation_loss"]) - float(ref["validation_loss"])) <= LOSS_TOLERANCE
+
+
+def served_accuracy(project: Path, env: dict[str, str]) -> float:
+    """Validation accuracy of models/best, loaded in a fresh process without the project's code."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_SERVE, str(project / "models/best"), str(project / "data/split/validation.npz")],
+        cwd="/", env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_logical_cpus_resumes_and_matches_a_single_device(single):
+    reference, env = single
+    project = copy_project(single, "mirrored", "mirrored")
+    env = dict(env, TRAIN_LOGICAL_CPUS="2")
+    kill_after_checkpoint(project, env)
+    out = run_stage(project, "train", env).stdout
+    assert "train: resuming from the checkpoint at iteration" in out
+    assert out.count(iteration_line(reference)) == 1
+    assert "No improvement found in a while, stopping optimization." in out
+    metrics = json.loads((project / "metrics/train.json").read_text())
+    assert (metrics["replicas"], metrics["strategy"]) == (2, "MirroredStrategy")
+    assert json.loads((reference / "metrics/train.json").read_text())["replicas"] == 1
+    assert_same_training(project, reference)
+    assert abs(served_accuracy(project, env) - metrics["best_validation_accuracy"]) <= 1 / 100
+
+
+@pytest.mark.slow
+def test_an_indivisible_batch_is_refused(single):
+    project = copy_project(single, "indivisible", "mirrored")
+    write_params(project, {"train": {"batch_size": 33}})
+    result = run_stage(project, "train", dict(single[1], TRAIN_LOGICAL_CPUS="2"), check=False)
+    assert result.returncode == 2
+    # TensorFlow's own start-up lines come first on stderr; ours is the one last line.
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "params.yaml: train.batch_size (33) must be divisible by the 2 replicas of MirroredStrategy"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_all(procs: list[subprocess.Popen], expected: int = 0, timeout: float = 300) -> None:
+    """Wait for every process; stop as soon as one exits otherwise than expected (the others would wait for it)."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs):
+        if any(p.returncode not in (None, expected) for p in procs) or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def start_workers(cwds: tuple[Path, Path], env: dict[str, str], private_tmp: Path, logs: list[Path]) -> list:
+    """The train stage as worker 0 (the chief) and worker 1 of a two-worker cluster on local ports."""
+    workers = [f"127.0.0.1:{free_port()}" for _ in cwds]
+    procs = []
+    for index, (cwd, log_path) in enumerate(zip(cwds, logs)):
+        worker_env = dict(env, **tf_config({"worker": workers}, {"type": "worker", "index": index}))
+        if index:
+            worker_env["TMPDIR"] = str(private_tmp)
+        with log_path.open("w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "stages.train"], cwd=cwd, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+            ))
+    return procs
+
+
+def wait_for_line(procs: list[subprocess.Popen], log: Path, prefix: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(line.startswith(prefix) for line in log.read_text().splitlines()):
+        assert all(p.poll() is None for p in procs), log.read_text()
+        assert time.monotonic() < deadline, f"no line {prefix!r}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_two_local_workers_stop_together_resume_and_only_the_chief_writes(single, tmp_path):
+    reference, env = single
+    project = copy_project(single, "multi_worker", "multi_worker")
+    # Worker 1 runs in a view of the same project (links to its code, params
+    # and data), so anything it wrote would land here, apart, and be seen.
+    view = tmp_path / "worker1"
+    view.mkdir()
+    for name in ("stages", "data", "params.yaml", "dvc.yaml"):
+        (view / name).symlink_to(project / name)
+    private_tmp = tmp_path / "worker1-tmp"
+    private_tmp.mkdir()
+    logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
+
+    # SIGTERM to worker 1 only: both stop at the same evaluation, the chief saves a checkpoint.
+    procs = start_workers((project, view), env, private_tmp, logs)
+    try:
+        wait_for_line(procs, logs[0], f"Iter: {2 * TINY_PARAMS['train']['eval_every']:>6}")
+        procs[1].send_signal(signal.SIGTERM)
+        wait_for_all(procs, expected=128 + signal.SIGTERM)
+    finally:
+        stop_all(procs)
+    assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, logs[0].read_text()
+    assert "checkpoint saved, `dvc repro` resumes from it" in logs[0].read_text()
+    assert "the chief saved a checkpoint" in logs[1].read_text()
+    assert list((project / "checkpoints/train/latest").glob("ckpt-*.index"))
+
+    # Run again: the chief resumes and hands its state to worker 1.
+    procs = start_workers((project, view), env, private_tmp, logs)
+    try:
+        wait_for_all(procs)
+    finally:
+        stop_all(procs)
+    chief_out, worker_out = (log.read_text() for log in logs)
+    for proc, out in zip(procs, (chief_out, worker_out)):
+        assert proc.returncode == 0, out
+    assert "train: resuming from the checkpoint at iteration" in chief_out
+    assert chief_out.count(iteration_line(reference)) == 1
+    assert "Iter:" not in worker_out and "train: worker 1 of 2 finished" in worker_out
+
+    metrics = json.loads((project / "metrics/train.json").read_text())
+    assert (metrics["replicas"], metrics["strategy"]) == (2, "MultiWorkerMirroredStrategy")
+    assert metrics["resumed_from_iteration"] > 0
+    assert not (project / "checkpoints/train").exists()
+    assert_same_training(project, reference)
+    assert sorted(p.name for p in view.iterdir()) == ["data", "dvc.yaml", "params.yaml", "stages"]
+    assert list(private_tmp.iterdir()) == [], "worker 1's private checkpoints are removed"
+    assert abs(served_accuracy(project, env) - metrics["best_validation_accuracy"]) <= 1 / 100
