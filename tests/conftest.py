@@ -44,12 +44,10 @@ def tiny_mirror(tmp_path: Path) -> tuple[Path, Path]:
     return mirror, write_mirror(mirror)
 
 
-@pytest.fixture
-def project(tmp_path: Path, tiny_mirror: tuple[Path, Path]) -> Path:
-    """A copy of the project's code and params in a temp dir, set up for tiny data."""
-    dest = tmp_path / "project"
-    dest.mkdir()
-    for name in ("stages", "params.yaml", "dvc.yaml"):
+def copy_project(dest: Path, names: tuple[str, ...] = ("stages", "params.yaml", "dvc.yaml")) -> Path:
+    """Copy the project's code and pipeline files into `dest`, with TINY_PARAMS applied."""
+    dest.mkdir(parents=True)
+    for name in names:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -57,6 +55,12 @@ def project(tmp_path: Path, tiny_mirror: tuple[Path, Path]) -> Path:
             shutil.copy2(src, dest / name)
     write_params(dest, TINY_PARAMS)
     return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_mirror: tuple[Path, Path]) -> Path:
+    """A copy of the project's code and params in a temp dir, set up for tiny data."""
+    return copy_project(tmp_path / "project")
 
 
 def stage_env(tiny_mirror: tuple[Path, Path]) -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from stages.distribute import Task, task_from_tf_config
-from tests.conftest import ROOT, TINY_PARAMS, run_stage, stage_env, write_params
+from tests.conftest import TINY_PARAMS, copy_project, run_stage, stage_env, write_params
 from tests.test_train import kill_after_checkpoint
 from tests.tiny_mnist import write_mirror
 
@@ -102,15 +102,7 @@ def single(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A tiny project, downloaded and split, trained with distribute: none (the reference)."""
     base = tmp_path_factory.mktemp("distribute")
     mirror = (base / "mirror", write_mirror(base / "mirror"))
-    project = base / "single"
-    project.mkdir()
-    for name in ("stages", "params.yaml", "dvc.yaml"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, project / name)
-    write_params(project, TINY_PARAMS)
+    project = copy_project(base / "single")
     write_params(project, {"train": {"distribute": "none"}})
     env = stage_env(mirror)
     env.pop("TF_CONFIG", None)
@@ -119,7 +111,7 @@ def single(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return project, env
 
 
-def copy_project(single: tuple[Path, dict[str, str]], name: str, distribute: str) -> Path:
+def copy_reference(single: tuple[Path, dict[str, str]], name: str, distribute: str) -> Path:
     """A copy of the reference project with its data but without its training outputs."""
     reference, _ = single
     project = reference.parent / name
@@ -154,7 +146,7 @@ def served_accuracy(project: Path, env: dict[str, str]) -> float:
 @pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_resumes_and_matches_a_single_device(single):
     reference, env = single
-    project = copy_project(single, "mirrored", "mirrored")
+    project = copy_reference(single, "mirrored", "mirrored")
     env = dict(env, TRAIN_LOGICAL_CPUS="2")
     kill_after_checkpoint(project, env)
     out = run_stage(project, "train", env).stdout
@@ -170,7 +162,7 @@ def test_mirrored_on_two_logical_cpus_resumes_and_matches_a_single_device(single
 
 @pytest.mark.slow
 def test_an_indivisible_batch_is_refused(single):
-    project = copy_project(single, "indivisible", "mirrored")
+    project = copy_reference(single, "indivisible", "mirrored")
     write_params(project, {"train": {"batch_size": 33}})
     result = run_stage(project, "train", dict(single[1], TRAIN_LOGICAL_CPUS="2"), check=False)
     assert result.returncode == 2
@@ -228,7 +220,7 @@ def wait_for_line(procs: list[subprocess.Popen], log: Path, prefix: str, timeout
 @pytest.mark.slow
 def test_two_local_workers_stop_together_resume_and_only_the_chief_writes(single, tmp_path):
     reference, env = single
-    project = copy_project(single, "multi_worker", "multi_worker")
+    project = copy_reference(single, "multi_worker", "multi_worker")
     # Worker 1 runs in a view of the same project (links to its code, params
     # and data), so anything it wrote would land here, apart, and be seen.
     view = tmp_path / "worker1"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stages import evaluate
-from tests.conftest import ROOT, TINY_PARAMS, run_stage, stage_env, write_params
+from tests.conftest import copy_project, run_stage, stage_env
 from tests.tiny_mnist import write_mirror
 
 # Six images of classes 0-2; predicted 0, 1, 1, 1, 2, 0. Hand-computed below.
@@ -92,12 +92,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     tmp = tmp_path_factory.mktemp("evaluate")
     mirror = tmp / "mirror"
     env = stage_env((mirror, write_mirror(mirror)))
-    project = tmp / "project"
-    project.mkdir()
-    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("params.yaml", "dvc.yaml"):
-        shutil.copy2(ROOT / name, project / name)
-    write_params(project, TINY_PARAMS)
+    project = copy_project(tmp / "project")
     for stage in ("download", "split", "train"):
         run_stage(project, stage, env)
     return project, env, run_stage(project, "evaluate", env).stdout

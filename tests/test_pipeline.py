@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY_PARAMS, write_params
+from tests.conftest import copy_project, write_params
 from tests.tiny_mnist import write_mirror
 
 pytestmark = pytest.mark.slow
@@ -86,15 +85,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     base = tmp_path_factory.mktemp("pipeline")
     mirror = base / "mirror"
     digests = write_mirror(mirror)
-    path = base / "project"
-    path.mkdir()
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, path / name)
-    write_params(path, TINY_PARAMS)
+    path = copy_project(base / "project", COPIED)
     r = Repo(path, tool_env(mirror, digests))
     r.run("git", "init", "-q", "-b", "main")
     r.run("dvc", "init", "-q")

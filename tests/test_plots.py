@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from stages import plots
-from tests.conftest import ROOT, stage_env, write_params
+from tests.conftest import ROOT, write_params
 
 DPI = 40
 CONV_SHAPES = {"conv1": (5, 5, 1, 4), "conv2": (5, 5, 4, 8), "conv3": (3, 3, 8, 6)}
