@@ -15,10 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from stages import params
+from stages import params, split
 from stages.atomic import write_atomic, write_json
 
-SPLIT_DIR = Path("data/split")
 MODELS_DIR = Path("models")
 TRAIN_METRICS = Path("metrics/train.json")
 TEST_METRICS = Path("metrics/test.json")
@@ -119,13 +118,9 @@ def predictions_csv(labels: np.ndarray, probabilities: np.ndarray) -> str:
 
 
 def load_split(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (uint8, N x 28 x 28) and labels (int64) of one split."""
-    path = SPLIT_DIR / f"{name}.npz"
-    try:
-        with np.load(path) as data:
-            return data["images"], data["labels"].astype(np.int64)
-    except FileNotFoundError:
-        raise SystemExit(f"evaluate: {path} not found; run the split stage first (dvc repro split)") from None
+    """Images (uint8, N x 28 x 28) and labels (int64, for indexing) of one split."""
+    images, labels = split.load_split(name, "evaluate")
+    return images, labels.astype(np.int64)
 
 
 def load_train_metrics() -> dict[str, Any]:

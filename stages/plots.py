@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 
 from stages import params
 from stages.atomic import replace_dir
+from stages.split import SPLIT_DIR, load_split
 
-TEST_SPLIT = Path("data/split/test.npz")
 PREDICTIONS = Path("metrics/predictions.csv")
 HISTORY = Path("metrics/history.csv")
 TRAIN_METRICS = Path("metrics/train.json")
@@ -56,9 +56,9 @@ def read_csv(path: Path, columns: tuple[str, ...], stage: str) -> dict[str, np.n
 
 def load_inputs() -> dict[str, Any]:
     """Everything the figures show, read from the earlier stages' outputs."""
+    images, labels = load_split("test", "plots")
+    labels = labels.astype(np.int64)
     try:
-        with np.load(TEST_SPLIT) as test:
-            images, labels = test["images"], test["labels"].astype(np.int64)
         with np.load(KERNELS) as npz:
             kernels = {name: npz[name] for name in npz.files}
         train_metrics = json.loads(TRAIN_METRICS.read_text(encoding="utf-8"))
@@ -68,7 +68,7 @@ def load_inputs() -> dict[str, Any]:
     actual, predicted = predictions["actual"].astype(np.int64), predictions["predicted"].astype(np.int64)
     if not np.array_equal(actual, labels):
         raise SystemExit(
-            f"plots: {PREDICTIONS} does not match the test labels in {TEST_SPLIT}; "
+            f"plots: {PREDICTIONS} does not match the test labels in {SPLIT_DIR / 'test.npz'}; "
             "re-run `dvc repro evaluate`"
         )
     history = read_csv(HISTORY, HISTORY_COLUMNS, "train")

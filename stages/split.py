@@ -81,6 +81,16 @@ def save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         np.savez(f, images=images, labels=labels)
 
 
+def load_split(name: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8, N x 28 x 28) and labels (uint8) of one split, for the later stages."""
+    path = SPLIT_DIR / f"{name}.npz"
+    try:
+        with np.load(path) as data:
+            return data["images"], data["labels"]
+    except FileNotFoundError:
+        raise SystemExit(f"{stage}: {path} not found; run the split stage first (dvc repro split)") from None
+
+
 def main() -> None:
     """Entry point of the split stage."""
     (cfg,) = params.load("split")

@@ -27,18 +27,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 
 from stages import distribute, params
 from stages.atomic import write_atomic, write_json
 from stages.early_stopping import EarlyStopping, evaluation_points
+from stages.split import SPLIT_DIR, load_split
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
     from stages.trainer import Trainer
 
-SPLIT_DIR = Path("data/split")
 CHECKPOINT_DIR = Path("checkpoints/train")
 MODELS_DIR = Path("models")
 TRAIN_METRICS = Path("metrics/train.json")
@@ -49,8 +48,9 @@ HISTORY_FIELDS = (
 )
 # Every project module whose code shapes the result: a checkpoint is resumed
 # only by the same code.
-CODE_FILES = ("train.py", "trainer.py", "distribute.py", "model.py", "early_stopping.py", "params.py")
-VALIDATION_BATCH = 1000
+CODE_FILES = (
+    "train.py", "trainer.py", "distribute.py", "model.py", "early_stopping.py", "split.py", "idx.py", "params.py",
+)
 
 
 def log_line(iteration: int, train_accuracy: float, validation_accuracy: float, improved: bool) -> str:
@@ -97,10 +97,10 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return diffs
 
 
-def prepare_checkpoint_dir(manifest: dict[str, Any]) -> bool:
-    """Keep the checkpoint dir if it belongs to this run (return True), else start it afresh."""
+def prepare_checkpoint_dir(manifest: dict[str, Any], fresh: bool = False) -> bool:
+    """Keep the checkpoint dir if it belongs to this run (return True), else (or if `fresh`) start it afresh."""
     manifest_path = CHECKPOINT_DIR / "manifest.json"
-    if manifest and manifest_path.is_file():
+    if not fresh and manifest_path.is_file():
         try:
             old = json.loads(manifest_path.read_text(encoding="utf-8"))
         except ValueError:
@@ -113,8 +113,7 @@ def prepare_checkpoint_dir(manifest: dict[str, Any]) -> bool:
             f"inputs ({'; '.join(diffs)}); starting fresh"
         )
     shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
-    if manifest:
-        write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     return False
 
 
@@ -138,16 +137,6 @@ def make_logger() -> tuple[Callable[[str], None], Callable[[int], None], Callabl
 
     bar = tqdm(unit="it", leave=False, dynamic_ncols=True)
     return bar.write, bar.update, bar.close
-
-
-def load_split(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (uint8, N x 28 x 28) and labels of one split."""
-    path = SPLIT_DIR / f"{name}.npz"
-    try:
-        with np.load(path) as data:
-            return data["images"], data["labels"]
-    except FileNotFoundError:
-        raise SystemExit(f"train: {path} not found; run the split stage first (dvc repro split)") from None
 
 
 def train(model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
@@ -186,14 +175,13 @@ def run(
 
     manifest = run_manifest(model_cfg, cfg)
     resuming = prepare_checkpoint_dir(manifest) if chief else False
-    train_data, validation_data = load_split("train"), load_split("validation")
+    train_data, validation_data = load_split("train", "train"), load_split("validation", "train")
     runner = trainer.Trainer(model_cfg, cfg, train_data, validation_data, checkpoint_dir, strategy)
 
     state = runner.restore() if resuming else None
     if resuming and state is None:
         print(f"train: no usable checkpoint in {CHECKPOINT_DIR}; starting fresh")
-        prepare_checkpoint_dir({})  # clears it
-        write_json(CHECKPOINT_DIR / "manifest.json", manifest)
+        prepare_checkpoint_dir(manifest, fresh=True)
     state = runner.share_state(state)
     if state is None:
         stopper = EarlyStopping(cfg.monitor, cfg.patience, cfg.min_delta, cfg.max_iterations)
