@@ -21,8 +21,9 @@ def main() -> int:
     sizes = {k: data[k]["size"] for k in ("train", "validation", "test")}
     if sizes != {"train": 55000, "validation": 5000, "test": 10000}:
         failures.append(f"split sizes {sizes}")
-    together = [a + b for a, b in zip(data["train"]["class_counts"], data["validation"]["class_counts"])]
-    if together != CLASS_COUNTS["train+validation"] or data["test"]["class_counts"] != CLASS_COUNTS["test"]:
+    counts = {k: [data[k]["class_counts"][str(c)] for c in range(10)] for k in ("train", "validation", "test")}
+    together = [a + b for a, b in zip(counts["train"], counts["validation"])]
+    if together != CLASS_COUNTS["train+validation"] or counts["test"] != CLASS_COUNTS["test"]:
         failures.append("class counts differ from the canonical MNIST counts")
     print(f"split: {sizes}")
     print(

@@ -1,1 +1,1 @@
-"""Stages of the MNIST early-stopping pipeline; each module with a main() is one DVC stage."""
+"""The DVC stages: one thin entry module each (`python -m stages.<name>`); the logic is in mnist_early_stopping."""

@@ -1,226 +1,23 @@
 """Evaluate stage: restore the best network in a fresh process, verify it, and score it on the test set.
 
-Reads models/best and models/final (SavedModels), metrics/train.json and
-data/split/{validation,test}.npz; writes metrics/test.json and
-metrics/predictions.csv (the restored best network's prediction per test image).
+Reads models/{best,final,initial} (SavedModels), metrics/train.json and the
+validation and test splits; writes metrics/test.json, metrics/per_class.json
+and metrics/predictions.csv. Imports neither the model code nor Keras.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from pathlib import Path
-from typing import Any, Callable
 
-import numpy as np
-
-from stages import params, split
-from stages.atomic import write_atomic, write_json
-
-MODELS_DIR = Path("models")
-TRAIN_METRICS = Path("metrics/train.json")
-TEST_METRICS = Path("metrics/test.json")
-PREDICTIONS = Path("metrics/predictions.csv")
-# Per-class scores live beside the metrics, not in them: 30 more columns per
-# network would drown the headline numbers in `dvc metrics show`.
-PER_CLASS = Path("metrics/per_class.json")
-NUM_CLASSES = 10
-# Accuracy is correct / total; anything beyond float rounding means a different network.
-RESTORE_TOLERANCE = 1e-9
-# keras clips probabilities the same way in its cross-entropy, so losses agree with training's.
-EPSILON = 1e-7
-
-
-def cross_entropy(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Per-example cross-entropy of integer labels under predicted probabilities (float64)."""
-    p = probabilities.astype(np.float64)
-    p = np.clip(p / p.sum(axis=1, keepdims=True), EPSILON, 1.0 - EPSILON)
-    return -np.log(p[np.arange(labels.size), labels])
-
-
-def summary(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
-    """Accuracy, mean cross-entropy and correct / total of one network on one data set."""
-    correct = int(np.sum(probabilities.argmax(axis=1) == labels))
-    return {
-        "accuracy": correct / labels.size,
-        "loss": round(float(cross_entropy(labels, probabilities).mean()), 6),
-        "correct": correct,
-        "total": int(labels.size),
-    }
-
-
-def class_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    """Macro F1 and per-class precision, recall and F1 (scikit-learn), keyed by the class as a string."""
-    from sklearn.metrics import f1_score, precision_recall_fscore_support
-
-    classes = list(range(NUM_CLASSES))
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, predicted, labels=classes, zero_division=0
-    )
-    macro_f1 = f1_score(labels, predicted, labels=classes, average="macro", zero_division=0)
-    return {
-        "macro_f1": round(float(macro_f1), 6),
-        "per_class": {
-            str(c): {"precision": round(float(p), 6), "recall": round(float(r), 6), "f1": round(float(f), 6)}
-            for c, p, r, f in zip(classes, precision, recall, f1)
-        },
-    }
-
-
-def confusion(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Confusion matrix: rows are the true class, columns the predicted class."""
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(labels, predicted, labels=list(range(NUM_CLASSES)))
-
-
-def network_results(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
-    """Everything metrics/test.json reports for a trained network."""
-    return {**summary(labels, probabilities), **class_metrics(labels, probabilities.argmax(axis=1))}
-
-
-def restore_error(correct: int, total: int, recorded_accuracy: float, best_iteration: int) -> str | None:
-    """None if the restored best network reproduces the recorded validation accuracy, else the error."""
-    accuracy = correct / total
-    if abs(accuracy - recorded_accuracy) <= RESTORE_TOLERANCE:
-        return None
-    return (
-        f"evaluate: the restored network is not the one saved as best: its validation accuracy is "
-        f"{accuracy!r} ({correct} / {total}), but {TRAIN_METRICS} records best_validation_accuracy "
-        f"{recorded_accuracy!r} ({recorded_accuracy * total:g} / {total}) for the network saved at "
-        f"iteration {best_iteration}. {MODELS_DIR}/best does not belong to this training run; "
-        f"re-run training with `dvc repro -f train`, then `dvc repro`."
-    )
-
-
-def accuracy_line(label: str, correct: int, total: int) -> str:
-    """The tutorial's test accuracy line, after a label naming the network."""
-    return f"{label}: Accuracy on Test-Set: {correct / total:.1%} ({correct} / {total})"
-
-
-def format_confusion(matrix: np.ndarray) -> str:
-    """The confusion matrix as a text table with labelled rows (true) and columns (predicted)."""
-    width = max(len(str(int(matrix.max()))), 4)
-    header = " " * 9 + "".join(f"{c:>{width + 1}}" for c in range(matrix.shape[1]))
-    lines = ["Confusion Matrix (rows: true class, columns: predicted class):", header + "   <- predicted"]
-    for c, row in enumerate(matrix):
-        lines.append(f"true {c:>2} |" + "".join(f"{int(v):>{width + 1}}" for v in row))
-    return "\n".join(lines)
-
-
-def predictions_csv(labels: np.ndarray, probabilities: np.ndarray) -> str:
-    """CSV text: actual, predicted and its probability for each image, in order."""
-    predicted = probabilities.argmax(axis=1)
-    confidence = probabilities[np.arange(labels.size), predicted]
-    rows = (f"{a},{p},{c:.4f}" for a, p, c in zip(labels.tolist(), predicted.tolist(), confidence.tolist()))
-    return "actual,predicted,confidence\n" + "\n".join(rows) + "\n"
-
-
-def load_split(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (uint8, N x 28 x 28) and labels (int64, for indexing) of one split."""
-    images, labels = split.load_split(name, "evaluate")
-    return images, labels.astype(np.int64)
-
-
-def load_train_metrics() -> dict[str, Any]:
-    """metrics/train.json, written by the train stage."""
-    try:
-        return json.loads(TRAIN_METRICS.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SystemExit(
-            f"evaluate: {TRAIN_METRICS} not found; run the train stage first (dvc repro train)"
-        ) from None
-
-
-class Network:
-    """Class probabilities for uint8 images, computed in batches by one compiled graph."""
-
-    def __init__(self, forward: Callable[[Any], Any], batch_size: int) -> None:
-        import tensorflow as tf
-
-        # The graph captures the network's variables weakly: keep their owner alive through `forward`.
-        self.forward, self.batch_size = forward, batch_size
-        # One concrete function: every batch (the last, shorter one too) reuses the same graph.
-        self.graph = tf.function(
-            lambda images: forward(tf.cast(images, tf.float32) * (1.0 / 255.0)),
-            input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8)],
-        ).get_concrete_function()
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (N, 10) for uint8 images (N, 28, 28)."""
-        n, size = len(images), self.batch_size
-        return np.concatenate([self.graph(images[s : s + size]).numpy() for s in range(0, n, size)])
-
-
-def load_network(name: str, batch_size: int) -> Network:
-    """A SavedModel from models/ as a batched predictor; nothing of the project's model code is used."""
-    import tensorflow as tf
-
-    path = MODELS_DIR / name
-    if not (path / "saved_model.pb").is_file():
-        raise SystemExit(f"evaluate: {path} is not a SavedModel; run the train stage first (dvc repro train)")
-    loaded = tf.saved_model.load(str(path))
-    return Network(lambda images: loaded.serve(images), batch_size)
-
-
-def untrained_network(model_cfg: params.ModelParams, seed: int, batch_size: int) -> Network:
-    """The freshly initialised network that training started from, as a batched predictor."""
-    import keras
-
-    from stages.model import build_model
-
-    keras.utils.set_random_seed(seed)
-    model = build_model(model_cfg, seed)
-    return Network(lambda images: model(images, training=False), batch_size)
-
-
-def evaluate(model_cfg: params.ModelParams, seed: int, batch_size: int) -> None:
-    """Check the restored best network, score all three networks on the test set, write the outputs."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    train_metrics = load_train_metrics()
-    validation_images, validation_labels = load_split("validation")
-    test_images, test_labels = load_split("test")
-
-    best = load_network("best", batch_size)
-    check = summary(validation_labels, best(validation_images))
-    recorded = train_metrics["best_validation_accuracy"]
-    error = restore_error(check["correct"], check["total"], recorded, train_metrics["best_iteration"])
-    if error:
-        print(error, file=sys.stderr)
-        raise SystemExit(1)
-    print(
-        f"Restore check passed: the restored best network's validation accuracy is "
-        f"{check['accuracy']:.2%} ({check['correct']} / {check['total']}), as recorded at iteration "
-        f"{train_metrics['best_iteration']}."
-    )
-
-    best_probabilities = best(test_images)
-    results = {
-        "best": network_results(test_labels, best_probabilities),
-        "final": network_results(test_labels, load_network("final", batch_size)(test_images)),
-        "untrained": summary(test_labels, untrained_network(model_cfg, seed, batch_size)(test_images)),
-        "restore_check": {"validation_accuracy": check["accuracy"], "recorded_validation_accuracy": recorded},
-    }
-    labels = {
-        "untrained": "Untrained network",
-        "final": f"Final network (iteration {train_metrics['stopped_iteration']})",
-        "best": f"Restored best network (iteration {train_metrics['best_iteration']})",
-    }
-    for key, label in labels.items():
-        print(accuracy_line(label, results[key]["correct"], results[key]["total"]))
-    print(format_confusion(confusion(test_labels, best_probabilities.argmax(axis=1))))
-
-    with write_atomic(PREDICTIONS, "w") as f:
-        f.write(predictions_csv(test_labels, best_probabilities))
-    write_json(PER_CLASS, {name: results[name].pop("per_class") for name in ("best", "final")})
-    write_json(TEST_METRICS, results)
+from mnist_early_stopping import params
+from mnist_early_stopping.evaluation import evaluate
 
 
 def main() -> None:
     """Entry point of the evaluate stage."""
-    evaluate_cfg, model_cfg, train_cfg = params.load("evaluate", "model", "train")
-    evaluate(model_cfg, train_cfg.seed, evaluate_cfg.batch_size)
+    (cfg,) = params.load("evaluate")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    evaluate(cfg.batch_size)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def tiny_mirror(tmp_path: Path) -> tuple[Path, Path]:
     return mirror, write_mirror(mirror)
 
 
-def copy_project(dest: Path, names: tuple[str, ...] = ("stages", "params.yaml", "dvc.yaml")) -> Path:
+def copy_project(dest: Path, names: tuple[str, ...] = ("stages", "mnist_early_stopping", "params.yaml", "dvc.yaml")) -> Path:
     """Copy the project's code and pipeline files into `dest`, with TINY_PARAMS applied."""
     dest.mkdir(parents=True)
     for name in names:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.distribute import Task, task_from_tf_config
+from mnist_early_stopping.distribute import Task, task_from_tf_config
 from tests.conftest import TINY_PARAMS, copy_project, run_stage, stage_env, write_params
 from tests.test_train import kill_after_checkpoint
 from tests.tiny_mnist import write_mirror
@@ -30,7 +30,7 @@ LOSS_TOLERANCE = 1e-4
 
 LOAD_AND_SERVE = (
     "import sys, numpy as np, tensorflow as tf\n"
-    "assert 'stages' not in sys.modules\n"
+    "assert 'stages' not in sys.modules and 'mnist_early_stopping' not in sys.modules\n"
     "m = tf.saved_model.load(sys.argv[1])\n"
     "data = np.load(sys.argv[2])\n"
     "p = m.serve(data['images'].astype('float32') / 255).numpy()\n"
@@ -225,7 +225,7 @@ def test_two_local_workers_stop_together_resume_and_only_the_chief_writes(single
     # and data), so anything it wrote would land here, apart, and be seen.
     view = tmp_path / "worker1"
     view.mkdir()
-    for name in ("stages", "data", "params.yaml", "dvc.yaml"):
+    for name in ("stages", "mnist_early_stopping", "data", "params.yaml", "dvc.yaml"):
         (view / name).symlink_to(project / name)
     private_tmp = tmp_path / "worker1-tmp"
     private_tmp.mkdir()
@@ -262,6 +262,6 @@ def test_two_local_workers_stop_together_resume_and_only_the_chief_writes(single
     assert metrics["resumed_from_iteration"] > 0
     assert not (project / "checkpoints/train").exists()
     assert_same_training(project, reference)
-    assert sorted(p.name for p in view.iterdir()) == ["data", "dvc.yaml", "params.yaml", "stages"]
+    assert sorted(p.name for p in view.iterdir()) == ["data", "dvc.yaml", "mnist_early_stopping", "params.yaml", "stages"]
     assert list(private_tmp.iterdir()) == [], "worker 1's private checkpoints are removed"
     assert abs(served_accuracy(project, env) - metrics["best_validation_accuracy"]) <= 1 / 100

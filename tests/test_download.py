@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from stages import download
-from stages.download import Expected, FetchError, download_all, fetch_file
-from stages.idx import encode_idx
-from stages.params import DownloadParams
+from mnist_early_stopping import download
+from stages import download as download_stage
+from mnist_early_stopping.download import Expected, FetchError, download_all, fetch_file
+from mnist_early_stopping.idx import encode_idx
+from mnist_early_stopping.params import DownloadParams
 from tests.conftest import run_stage, stage_env, write_params
 from tests.tiny_mnist import FILE_NAMES, make_arrays
 
@@ -228,7 +229,7 @@ def test_main_in_project(
     monkeypatch.chdir(project)
     monkeypatch.setenv(download.MIRROR_ENV, str(mirror))
     monkeypatch.setenv(download.DIGESTS_ENV, str(digests))
-    download.main()
+    download_stage.main()
     table = json.loads(digests.read_text())
     raw = project / "data" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(table)

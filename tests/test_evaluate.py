@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import evaluate
+from mnist_early_stopping import evaluation as evaluate
 from tests.conftest import copy_project, run_stage, stage_env
 from tests.tiny_mnist import write_mirror
 

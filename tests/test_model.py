@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.params import ModelParams
+from mnist_early_stopping.params import ModelParams
 
 keras = pytest.importorskip("keras")
 
-from stages.model import build_model, conv_kernels  # noqa: E402
+from mnist_early_stopping.model import build_model, conv_kernels  # noqa: E402
 
 TUTORIAL = ModelParams(conv_filters=(16, 36), conv_kernel_size=5, dense_units=(128,))
 

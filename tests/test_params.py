@@ -11,8 +11,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from stages import params
-from stages.params import SECTIONS, DownloadParams, ModelParams, SplitParams, TrainParams
+from mnist_early_stopping import params
+from mnist_early_stopping.params import SECTIONS, DownloadParams, ModelParams, SplitParams, TrainParams
 from tests.conftest import ROOT, run_stage, stage_env, write_params
 
 Raw = dict[str, Any]

@@ -23,7 +23,7 @@ from tests.tiny_mnist import write_mirror
 
 pytestmark = pytest.mark.slow
 STAGES = ["download", "split", "train", "evaluate", "plots"]
-COPIED = ("stages", "params.yaml", "dvc.yaml", ".gitignore", ".dvcignore")
+COPIED = ("stages", "mnist_early_stopping", "params.yaml", "dvc.yaml", ".gitignore", ".dvcignore")
 
 
 class Repo:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import plots
+from mnist_early_stopping import figures as plots
+from mnist_early_stopping.model_files import conv_layer_names
 from tests.conftest import ROOT, write_params
 
 DPI = 40
@@ -65,7 +66,8 @@ def plots_project(tmp_path: Path) -> Path:
     """A project copy whose plots-stage inputs are small hand-made files."""
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("stages", "mnist_early_stopping"):
+        shutil.copytree(ROOT / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(ROOT / "params.yaml", project / "params.yaml")
     write_params(project, {"plots": {"dpi": DPI}})
     write_inputs(project)
@@ -118,7 +120,7 @@ def test_misclassified_figure_without_errors_says_so() -> None:
 
 def test_conv_layers_are_found_in_numeric_order() -> None:
     kernels = {f"conv{i}_{kind}": np.zeros(1) for i in (10, 2, 1) for kind in ("initial", "best", "final")}
-    assert plots.conv_layers(kernels) == ["conv1", "conv2", "conv10"]
+    assert conv_layer_names(kernels) == ["conv1", "conv2", "conv10"]
 
 
 def test_filter_mosaic_tiles_the_first_input_channel() -> None:

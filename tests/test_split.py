@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import split
-from stages.params import SplitParams
-from stages.split import data_metrics, split_train, validation_indices
+from mnist_early_stopping import data as split
+from stages import split as split_stage
+from mnist_early_stopping.params import SplitParams
+from mnist_early_stopping.data import data_metrics, split_train, validation_indices
 from tests.conftest import run_stage, stage_env
 from tests.tiny_mnist import make_arrays, write_mirror
 
@@ -120,8 +121,8 @@ def test_data_metrics() -> None:
     splits = {"train": (fake_images(labels), labels), "test": (fake_images(labels[:1]), labels[:1])}
     metrics = data_metrics(splits)
     assert metrics == {
-        "train": {"size": 4, "class_counts": [2, 0, 0, 1, 0, 0, 0, 0, 0, 1]},
-        "test": {"size": 1, "class_counts": [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]},
+        "train": {"size": 4, "class_counts": {"0": 2, "1": 0, "2": 0, "3": 1, "4": 0, "5": 0, "6": 0, "7": 0, "8": 0, "9": 1}},
+        "test": {"size": 1, "class_counts": {"0": 1, **{str(c): 0 for c in range(1, 10)}}},
     }
 
 
@@ -129,7 +130,7 @@ def test_missing_raw_data_says_run_download(project: Path, monkeypatch: pytest.M
     monkeypatch.chdir(project)
     message = r"^split: data/raw/train-images-idx3-ubyte: not found; run the download stage first$"
     with pytest.raises(SystemExit, match=message):
-        split.main()
+        split_stage.main()
 
 
 @pytest.mark.slow
@@ -152,9 +153,9 @@ def test_split_stage(project: Path, tiny_mirror: tuple[Path, Path]) -> None:
             np.testing.assert_array_equal(npz["labels"], labels)
     metrics = json.loads((project / "metrics" / "data.json").read_text())
     assert metrics == {
-        name: {"size": int(labels.size), "class_counts": np.bincount(labels, minlength=10).tolist()}
+        name: {"size": int(labels.size), "class_counts": dict(zip(map(str, range(10)), np.bincount(labels, minlength=10).tolist()))}
         for name, (_, labels) in expected.items()
     }
-    assert sum(metrics["validation"]["class_counts"]) == 100
+    assert sum(metrics["validation"]["class_counts"].values()) == 100
     leftovers = [p.name for p in (project / "data" / "split").iterdir() if p.name.startswith(".")]
     assert leftovers == []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.train import log_line, manifest_differences
+from mnist_early_stopping.training import log_line, manifest_differences
 from tests.conftest import run_stage, stage_env, write_params
 
 RESULT_KEYS = ("best_iteration", "stopped_iteration", "best_validation_accuracy", "best_validation_loss", "stop_reason")
@@ -82,7 +82,7 @@ def test_train_writes_a_savedmodel_that_loads_in_a_fresh_process(prepared):
     # No project code on the path: the SavedModel stands alone.
     check = (
         "import sys, numpy as np, tensorflow as tf\n"
-        "assert 'stages' not in sys.modules\n"
+        "assert 'stages' not in sys.modules and 'mnist_early_stopping' not in sys.modules\n"
         "m = tf.saved_model.load(sys.argv[1])\n"
         "x = np.load(sys.argv[2])['images'][:50].astype('float32') / 255\n"
         "p = m.serve(x).numpy()\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.idx import encode_idx
+from mnist_early_stopping.idx import encode_idx
 
 FILE_NAMES = (
     "train-images-idx3-ubyte",

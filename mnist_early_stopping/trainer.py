@@ -1,4 +1,7 @@
-"""The TensorFlow side of training: compiled steps, validation, checkpoints, export."""
+"""The training engine: the network, the optimiser, compiled steps, validation, checkpoints, export.
+
+It only trains: the train stage decides what to log and which files to write.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stages import params
-from stages.atomic import replace_dir, write_atomic, write_json
-from stages.distribute import from_chief, is_multi_worker, max_over_workers
-from stages.model import build_model, conv_kernels, describe
+from mnist_early_stopping import params
+from mnist_early_stopping.atomic import replace_dir
+from mnist_early_stopping.distribute import from_chief, is_multi_worker, max_over_workers
+from mnist_early_stopping.layout import PIXEL_SCALE
+from mnist_early_stopping.model import build_model, conv_kernels
 
 
 # Images per validation forward pass: large enough to be efficient, small
@@ -50,8 +54,7 @@ class Trainer:
         checkpoint_dir: Path,
         strategy: tf.distribute.Strategy | None = None,
     ) -> None:
-        configure(cfg)
-        self.cfg, self.model_cfg = cfg, model_cfg
+        self.cfg = cfg
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         with self.strategy.scope():
@@ -73,6 +76,7 @@ class Trainer:
         self.state_var = tf.Variable("", dtype=tf.string, trainable=False)
         self.checkpoint_dir = checkpoint_dir
         self.best_path = checkpoint_dir / "best.weights.h5"
+        self.initial_path = checkpoint_dir / "initial.weights.h5"
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, iteration=self.iteration_var, state=self.state_var
         )
@@ -97,7 +101,7 @@ class Trainer:
     def _gather(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         # Every replica gathers from the same host tensors (TensorFlow has no
         # GPU gather for uint8), so only its small batch goes to its device.
-        images = tf.cast(tf.gather(self.train_images, index), tf.float32) * (1.0 / 255.0)
+        images = tf.cast(tf.gather(self.train_images, index), tf.float32) * PIXEL_SCALE
         return images, tf.gather(self.train_labels, index)
 
     def _batch(self, iteration: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -146,7 +150,7 @@ class Trainer:
         return {k: float(v) for k, v in self._train_steps(count).items()}
 
     def _validate_batch_fn(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        probabilities = self.model(tf.cast(images, tf.float32) * (1.0 / 255.0), training=False)
+        probabilities = self.model(tf.cast(images, tf.float32) * PIXEL_SCALE, training=False)
         predicted = tf.argmax(probabilities, axis=1, output_type=tf.int32)
         correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.int64))
         return correct, tf.reduce_sum(tf.cast(cross_entropy(labels, probabilities), tf.float64))
@@ -167,18 +171,20 @@ class Trainer:
             correct, loss = correct + int(c), loss + float(l)
         return {"validation_accuracy": correct / n, "validation_loss": loss / n}
 
-    def save_best(self) -> None:
-        """Write the current weights as the best, atomically (write aside, then rename)."""
-        tmp = self.best_path.with_name(".best.tmp.weights.h5")
+    def _save_weights_atomically(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.stem}.tmp.weights.h5")
         self.model.save_weights(tmp)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, self.best_path)
+        os.replace(tmp, path)
 
-    def save_initial_kernels(self) -> None:
-        """Keep the untrained conv kernels for the before/after plots."""
-        with write_atomic(self.checkpoint_dir / "initial_kernels.npz") as f:
-            np.savez(f, **conv_kernels(self.model))
+    def save_best(self) -> None:
+        """Write the current weights as the best, atomically (write aside, then rename)."""
+        self._save_weights_atomically(self.best_path)
+
+    def save_initial(self) -> None:
+        """Keep the untrained weights, for the untrained network's export and the before/after plots."""
+        self._save_weights_atomically(self.initial_path)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """A resumable checkpoint: weights, optimiser, iteration and the loop's state."""
@@ -196,7 +202,7 @@ class Trainer:
     def restore(self) -> dict[str, Any] | None:
         """Restore the latest checkpoint; return the loop's state, or None (trainer untouched) if there is none."""
         latest = tf.train.latest_checkpoint(self.checkpoint_dir / "latest")
-        if latest is None or not self.best_path.is_file() or not (self.checkpoint_dir / "initial_kernels.npz").is_file():
+        if latest is None or not self.best_path.is_file() or not self.initial_path.is_file():
             return None
         variables = [*self._numeric_state(), self.state_var]
         before = [v.numpy() for v in variables]
@@ -240,16 +246,10 @@ class Trainer:
         with replace_dir(path) as tmp:
             self.model.export(str(tmp), format="tf_saved_model", verbose=False)
 
-    def write_outputs(self, models_dir: Path, model_cfg: params.ModelParams) -> None:
-        """models/final (weights at the stop), models/best (restored best), kernels, model.json."""
-        final_kernels = conv_kernels(self.model)
-        self.export(models_dir / "final")
-        self.model.load_weights(self.best_path)
-        self.export(models_dir / "best")
-        with np.load(self.checkpoint_dir / "initial_kernels.npz") as initial:
-            kernels = {f"{name}_initial": initial[name] for name in initial.files}
-        kernels.update({f"{name}_best": k for name, k in conv_kernels(self.model).items()})
-        kernels.update({f"{name}_final": k for name, k in final_kernels.items()})
-        with write_atomic(models_dir / "kernels.npz") as f:
-            np.savez(f, **kernels)
-        write_json(models_dir / "model.json", {**describe(model_cfg), "precision": self.cfg.precision})
+    def load_saved(self, which: str) -> None:
+        """Put the saved `initial` or `best` weights into the network (the end of training)."""
+        self.model.load_weights({"initial": self.initial_path, "best": self.best_path}[which])
+
+    def conv_kernels(self) -> dict[str, np.ndarray]:
+        """The current conv kernels by layer name."""
+        return conv_kernels(self.model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from stages.params import ModelParams
+from mnist_early_stopping.params import ModelParams
 
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn
 
-from stages.params import EXIT_BAD_PARAMS
+from mnist_early_stopping.params import EXIT_BAD_PARAMS
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -1,0 +1,211 @@
+"""The tutorial's figures, drawn from the files the earlier stages wrote (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from mnist_early_stopping.data import load_split
+from mnist_early_stopping.layout import (
+    HISTORY, HISTORY_FIELDS, KERNELS, NUM_CLASSES, PREDICTIONS, TRAIN_METRICS, split_path,
+)
+from mnist_early_stopping.model_files import conv_layer_names, read_kernels
+
+HISTORY_COLUMNS = HISTORY_FIELDS[:-1]  # every curve; `improved` is not drawn
+# Figure sizes in inches are fixed, so pixel sizes depend on plots.dpi only.
+GRID_SIZE = (6.0, 6.6)
+CONFUSION_SIZE = (7.0, 6.0)
+CURVES_SIZE = (11.0, 4.5)
+FILTERS_SIZE = (10.0, 5.4)
+
+
+def read_csv(path: Path, columns: tuple[str, ...], stage: str) -> dict[str, np.ndarray]:
+    """Numeric columns of a CSV file written by an earlier stage, by name."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            header = f.readline().strip().split(",")
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise SystemExit(
+                    f"plots: {path} has no column {missing[0]} (columns: {', '.join(header)}); "
+                    f"re-run `dvc repro {stage}`"
+                )
+            data = np.loadtxt(f, delimiter=",", ndmin=2)
+    except FileNotFoundError:
+        raise SystemExit(f"plots: {path} not found; run `dvc repro {stage}` first") from None
+    return {c: data[:, header.index(c)] for c in columns}
+
+
+def load_inputs() -> dict[str, Any]:
+    """Everything the figures show, read from the earlier stages' outputs."""
+    images, labels = load_split("test", "plots")
+    labels = labels.astype(np.int64)
+    try:
+        kernels = read_kernels(KERNELS)
+        train_metrics = json.loads(TRAIN_METRICS.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise SystemExit(f"plots: {e.filename} not found; run `dvc repro` to make it first") from None
+    predictions = read_csv(PREDICTIONS, ("actual", "predicted", "confidence"), "evaluate")
+    actual, predicted = predictions["actual"].astype(np.int64), predictions["predicted"].astype(np.int64)
+    if not np.array_equal(actual, labels):
+        raise SystemExit(
+            f"plots: {PREDICTIONS} does not match the test labels in {split_path('test')}; "
+            "re-run `dvc repro evaluate`"
+        )
+    history = read_csv(HISTORY, HISTORY_COLUMNS, "train")
+    return {
+        "images": images, "labels": labels, "predicted": predicted, "kernels": kernels,
+        "history": history, "train_metrics": train_metrics,
+    }
+
+
+def image_grid(images: np.ndarray, captions: list[str], title: str) -> Figure:
+    """Up to 9 images in a 3x3 grid, each with a caption below it."""
+    fig = Figure(figsize=GRID_SIZE, layout="constrained")
+    axes = fig.subplots(3, 3)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i < len(images):
+            ax.imshow(images[i], cmap="binary", vmin=0, vmax=255)
+            ax.set_xlabel(captions[i], fontsize=11)
+        else:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def test_images_figure(images: np.ndarray, labels: np.ndarray) -> Figure:
+    """The first 9 test images with their true classes."""
+    return image_grid(images[:9], [f"True: {c}" for c in labels[:9]], "The first 9 test images")
+
+
+def misclassified_figure(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> Figure:
+    """The first 9 test images the restored best network gets wrong."""
+    wrong = np.flatnonzero(predicted != labels)
+    if wrong.size == 0:
+        fig = Figure(figsize=GRID_SIZE, layout="constrained")
+        fig.text(
+            0.5, 0.5, f"No misclassified test images:\nthe restored best network classifies\n"
+            f"all {labels.size} test images correctly.", ha="center", va="center", fontsize=14,
+        )
+        return fig
+    first = wrong[:9]
+    title = (
+        f"Test images misclassified by the restored best network\n"
+        f"(the first {first.size} of {wrong.size} errors in {labels.size} images)"
+    )
+    captions = [f"True: {labels[i]}, Pred: {predicted[i]}" for i in first]
+    return image_grid(images[first], captions, title)
+
+
+def confusion_figure(labels: np.ndarray, predicted: np.ndarray) -> Figure:
+    """Confusion matrix of the restored best network on the test set, with counts."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig = Figure(figsize=CONFUSION_SIZE, layout="constrained")
+    ax = fig.subplots()
+    ConfusionMatrixDisplay.from_predictions(
+        labels, predicted, labels=list(range(NUM_CLASSES)), ax=ax, cmap="Blues", colorbar=True,
+        text_kw={"fontsize": 8},
+    )
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    accuracy = np.mean(labels == predicted)
+    ax.set_title(f"Confusion matrix: restored best network on the test set (accuracy {accuracy:.1%})")
+    return fig
+
+
+def curves_figure(history: dict[str, np.ndarray], best_iteration: int, stopped_iteration: int) -> Figure:
+    """Accuracy and loss on the last training batch and on the validation set, against iteration."""
+    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    x = history["iteration"]
+    for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
+        ax.plot(x, history[f"train_batch_{metric}"], color="tab:blue", alpha=0.6, lw=1, label="train batch")
+        ax.plot(x, history[f"validation_{metric}"], color="tab:orange", lw=1.8, label="validation")
+        ax.axvline(best_iteration, color="tab:green", ls="--", label=f"best (iteration {best_iteration})")
+        stopped = f"stopped (iteration {stopped_iteration})"
+        ax.axvline(stopped_iteration, color="tab:red", ls=":", label=stopped)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+    acc_ax.set_title("Accuracy")
+    losses = np.concatenate([history["train_batch_loss"], history["validation_loss"]])
+    # Losses span decades on the way down; a log scale keeps the late part readable.
+    if np.all(losses > 0) and losses.max() / losses.min() > 20:
+        loss_ax.set_yscale("log")
+    loss_ax.set_title("Cross-entropy loss")
+    # One legend below both panels, where it hides no curve.
+    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=4, frameon=False)
+    return fig
+
+
+def filter_mosaic(kernel: np.ndarray) -> np.ndarray:
+    """The filters of input channel 0 tiled in a square-ish grid, NaN between them."""
+    kh, kw, _, count = kernel.shape
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    mosaic = np.full((rows * (kh + 1) - 1, cols * (kw + 1) - 1), np.nan, dtype=np.float64)
+    for i in range(count):
+        r, c = divmod(i, cols)
+        mosaic[r * (kh + 1) : r * (kh + 1) + kh, c * (kw + 1) : c * (kw + 1) + kw] = kernel[:, :, 0, i]
+    return mosaic
+
+
+def filters_figure(layer: str, before: np.ndarray, after: np.ndarray, best_iteration: int) -> Figure:
+    """A conv layer's filters before and after training, on one shared, symmetric colour scale."""
+    kh, kw, channels, count = before.shape
+    limit = float(max(np.abs(before[:, :, 0]).max(), np.abs(after[:, :, 0]).max())) or 1.0
+    # Grey gaps between filters: white already means a weight of zero.
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.75")
+    fig = Figure(figsize=FILTERS_SIZE, layout="constrained")
+    axes = fig.subplots(1, 2)
+    panels = (("Before training", before), (f"After training (best, iteration {best_iteration})", after))
+    for ax, (name, kernel) in zip(axes, panels):
+        image = ax.imshow(filter_mosaic(kernel), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_title(f"{name}\n(mean {kernel.mean():.4f}, std {kernel.std():.4f})", fontsize=11)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes, shrink=0.8, label="weight")
+    channel = "" if channels == 1 else f", input channel 1 of {channels}"
+    fig.suptitle(
+        f"{layer}: {count} filters of {kh}x{kw}{channel} (mean and std over all the layer's weights)",
+        fontsize=12,
+    )
+    return fig
+
+
+def save(fig: Figure, path: Path, dpi: int) -> None:
+    """Write a figure as PNG (Agg) with no varying metadata, so equal inputs give equal bytes."""
+    fig.savefig(path, dpi=dpi, metadata={"Software": None})
+
+
+def draw(inputs: dict[str, Any], out_dir: Path, dpi: int) -> list[Path]:
+    """Write every figure into out_dir; return their paths."""
+    images, labels, predicted = inputs["images"], inputs["labels"], inputs["predicted"]
+    train_metrics, kernels = inputs["train_metrics"], inputs["kernels"]
+    best_iteration = int(train_metrics["best_iteration"])
+    figures = {
+        "test_images.png": test_images_figure(images, labels),
+        "misclassified.png": misclassified_figure(images, labels, predicted),
+        "confusion_matrix.png": confusion_figure(labels, predicted),
+        "training_curves.png": curves_figure(
+            inputs["history"], best_iteration, int(train_metrics["stopped_iteration"])
+        ),
+    }
+    for layer in conv_layer_names(kernels):
+        figures[f"{layer}_filters.png"] = filters_figure(
+            layer, kernels[f"{layer}_initial"], kernels[f"{layer}_best"], best_iteration
+        )
+    paths = []
+    for name, fig in figures.items():
+        save(fig, out_dir / name, dpi)
+        paths.append(out_dir / name)
+    return paths

@@ -1,0 +1,365 @@
+"""The train stage's logic: the evaluation loop around the Trainer, its sinks, checkpoints and outputs.
+
+Work in progress lives in checkpoints/train/, outside DVC's outputs so it
+survives DVC clearing them before a re-run; it is removed once training has
+finished and every output is written.
+
+With train.distribute: multi_worker, every worker runs this with its own
+TF_CONFIG: the chief (worker 0) writes the outputs; the other workers write
+nothing in the project.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from mnist_early_stopping import distribute, params
+from mnist_early_stopping.atomic import write_atomic, write_json
+from mnist_early_stopping.data import load_split
+from mnist_early_stopping.deps import ROOT, import_closure
+from mnist_early_stopping.early_stopping import EarlyStopping, evaluation_points
+from mnist_early_stopping.layout import (
+    BEST_MODEL, CHECKPOINT_DIR, FINAL_MODEL, HISTORY, HISTORY_FIELDS, INITIAL_MODEL, KERNELS, MODEL_INFO,
+    TRAIN_METRICS, split_path,
+)
+from mnist_early_stopping.model_files import write_kernels
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from mnist_early_stopping.trainer import Trainer
+
+# The stage whose code shapes the result: a checkpoint is resumed only by the same code.
+STAGE_MODULE = "stages.train"
+Row = dict[str, Any]
+
+
+def log_line(iteration: int, train_accuracy: float, validation_accuracy: float, improved: bool) -> str:
+    """The tutorial's per-evaluation line; `*` marks an improvement (and a saved network)."""
+    line = (
+        f"Iter: {iteration:>6}, Train-Batch Accuracy: {train_accuracy:>6.1%}, "
+        f"Validation Acc: {validation_accuracy:>6.1%}"
+    )
+    return line + " *" if improved else line
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's content."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_manifest(model_cfg: params.ModelParams, cfg: params.TrainParams) -> dict[str, Any]:
+    """Everything a checkpoint depends on: params, data and the stage's whole import closure."""
+    manifest = {
+        "model": dataclasses.asdict(model_cfg),
+        "train": dataclasses.asdict(cfg),
+        "data": {f"{n}.npz": sha256_file(split_path(n)) for n in ("train", "validation")},
+        "code": {name: sha256_file(ROOT / name) for name in import_closure(STAGE_MODULE)},
+    }
+    return json.loads(json.dumps(manifest))  # tuples -> lists, as it reads back from disk
+
+
+def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable `key: old -> new` lines for every leaf that differs."""
+    diffs = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                if section in ("data", "code"):
+                    diffs.append(f"{key} changed")
+                else:
+                    diffs.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs
+
+
+def prepare_checkpoint_dir(manifest: dict[str, Any], fresh: bool = False) -> bool:
+    """Keep the checkpoint dir if it belongs to this run (return True), else (or if `fresh`) start it afresh."""
+    manifest_path = CHECKPOINT_DIR / "manifest.json"
+    if not fresh and manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except ValueError:
+            old = {}
+        diffs = manifest_differences(old, manifest)
+        if not diffs:
+            return True
+        print(
+            f"train: not resuming the checkpoint in {CHECKPOINT_DIR}: it was made with different "
+            f"inputs ({'; '.join(diffs)}); starting fresh"
+        )
+    shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
+    write_json(manifest_path, manifest)
+    return False
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked between chunks, so we stop at a checkpoint."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+
+@dataclass
+class LoopState:
+    """What a resumed run needs besides the Trainer's variables: stopping rule, curves, time so far."""
+
+    stopper: EarlyStopping
+    history: list[Row] = field(default_factory=list)
+    wall_before: float = 0.0
+
+    def snapshot(self, wall: float) -> dict[str, Any]:
+        """JSON-able state for a checkpoint, at `wall` seconds of training in all."""
+        return {"early_stopping": self.stopper.state(), "history": self.history, "wall_seconds": wall}
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> LoopState:
+        """Rebuild from `snapshot()`."""
+        return cls(EarlyStopping.from_state(state["early_stopping"]), state["history"], state["wall_seconds"])
+
+
+# A sink receives every evaluation row, in order; adding one touches only `sinks()`.
+Sink = Callable[[Row], None]
+
+
+class ProgressSink:
+    """The tutorial's log line per evaluation: a tqdm bar on a terminal, plain lines in a pipe or under DVC."""
+
+    def __init__(self, start_iteration: int) -> None:
+        self.last = start_iteration
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(unit="it", leave=False, dynamic_ncols=True, initial=start_iteration)
+
+    def __call__(self, row: Row) -> None:
+        line = log_line(row["iteration"], row["train_batch_accuracy"], row["validation_accuracy"], row["improved"])
+        if self.bar is None:
+            print(line, flush=True)
+            return
+        self.bar.update(row["iteration"] - self.last)
+        self.bar.write(line)
+        self.last = row["iteration"]
+
+    def close(self) -> None:
+        """Remove the bar, if any."""
+        if self.bar is not None:
+            self.bar.close()
+
+
+def sinks(runner: Trainer, state: LoopState, progress: ProgressSink | None) -> list[Sink]:
+    """What happens to each evaluation: saving an improvement, the curves, the log line."""
+
+    def save_best(row: Row) -> None:
+        # Before training goes on: an improvement is on disk as soon as it is reported.
+        if row["improved"]:
+            runner.save_best()
+
+    chosen: list[Sink] = [save_best, state.history.append]
+    return chosen + ([progress] if progress is not None else [])
+
+
+def evaluation_step(runner: Trainer, stopper: EarlyStopping, point: int) -> Row:
+    """Train up to `point`, validate, and apply the stopping rule: one row of the history."""
+    row: Row = {"iteration": point, **runner.train_until(point), **runner.validate()}
+    monitored = {k: row[k] for k in ("train_batch_loss", "validation_loss", "validation_accuracy")}
+    row["improved"] = stopper.update(point, monitored)
+    return row
+
+
+def train(model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
+    """Run (or resume) training; the chief writes every output of the stage."""
+    task = distribute.task_from_tf_config(os.environ) if cfg.distribute == "multi_worker" else distribute.SINGLE_PROCESS
+    cpus = distribute.logical_cpus(os.environ)
+    # TensorFlow is imported from here on, only once params are known good.
+    if cpus is not None:
+        distribute.split_cpu(cpus)
+    strategy, strategy_name = distribute.make_strategy(cfg.distribute)
+    distribute.check_batch_size(cfg.batch_size, strategy.num_replicas_in_sync, strategy_name)
+    if task.is_chief:
+        run(model_cfg, cfg, strategy, strategy_name, CHECKPOINT_DIR)
+        return
+    # The other workers take part in every collective step, saves included,
+    # but keep their checkpoints in a private directory and write no outputs.
+    private = Path(tempfile.mkdtemp(prefix="train-worker-"))
+    try:
+        run(model_cfg, cfg, strategy, strategy_name, private / "checkpoints", chief=False)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    print(f"train: worker {task.index} of {task.count} finished; the chief (worker 0) wrote the outputs")
+
+
+def start_or_resume(
+    runner: Trainer, cfg: params.TrainParams, manifest: dict[str, Any], chief: bool
+) -> LoopState:
+    """The loop's state: from the latest checkpoint if it belongs to this run, else fresh."""
+    resuming = prepare_checkpoint_dir(manifest) if chief else False
+    snapshot = runner.restore() if resuming else None
+    if resuming and snapshot is None:
+        print(f"train: no usable checkpoint in {CHECKPOINT_DIR}; starting fresh")
+        prepare_checkpoint_dir(manifest, fresh=True)
+    snapshot = runner.share_state(snapshot)
+    if snapshot is None:
+        if chief:
+            runner.save_initial()
+        return LoopState(EarlyStopping(cfg.monitor, cfg.patience, cfg.min_delta, cfg.max_iterations))
+    state = LoopState.from_snapshot(snapshot)
+    if chief:
+        print(f"train: resuming from the checkpoint at iteration {runner.iteration} (best so far at "
+              f"{state.stopper.best_iteration})")
+    return state
+
+
+def run(
+    model_cfg: params.ModelParams,
+    cfg: params.TrainParams,
+    strategy: tf.distribute.Strategy,
+    strategy_name: str,
+    checkpoint_dir: Path,
+    chief: bool = True,
+) -> None:
+    """The training loop; only the chief reads checkpoints, prints progress and writes outputs."""
+    from mnist_early_stopping import trainer  # TensorFlow
+
+    trainer.configure(cfg)
+    manifest = run_manifest(model_cfg, cfg)
+    train_data, validation_data = load_split("train", "train"), load_split("validation", "train")
+    runner = trainer.Trainer(model_cfg, cfg, train_data, validation_data, checkpoint_dir, strategy)
+    state = start_or_resume(runner, cfg, manifest, chief)
+
+    start_iteration = runner.iteration
+    progress = ProgressSink(start_iteration) if chief else None
+    row_sinks = sinks(runner, state, progress)
+    stop = StopRequest()
+    started = time.perf_counter()
+    checkpoint_every = max(cfg.checkpoint_every, cfg.eval_every)
+    last_checkpoint = start_iteration
+    try:
+        for point in evaluation_points(cfg.eval_every, cfg.max_iterations, start_iteration):
+            row = evaluation_step(runner, state.stopper, point)
+            for sink in row_sinks:
+                sink(row)
+            finished = state.stopper.stop_reason is not None
+            signum = runner.agreed_signal(stop.signum)
+            if not finished and (point - last_checkpoint >= checkpoint_every or signum):
+                runner.save_checkpoint(state.snapshot(state.wall_before + time.perf_counter() - started))
+                last_checkpoint = point
+            if signum and not finished:
+                interrupted(point, signum, chief)
+            if finished:
+                break
+    finally:
+        if progress is not None:
+            progress.close()
+    if chief:
+        finish(runner, model_cfg, cfg, state, start_iteration,
+               state.wall_before + time.perf_counter() - started, strategy_name)
+
+
+def interrupted(point: int, signum: int, chief: bool) -> None:
+    """Say where training stopped on a signal, and exit with the shell's status for it."""
+    if chief:
+        print(f"train: interrupted at iteration {point}; checkpoint saved, "
+              "`dvc repro` resumes from it", file=sys.stderr)
+    else:
+        print(f"train: interrupted at iteration {point}; the chief saved a checkpoint, "
+              "which the next run resumes from", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+def report_stop(stopper: EarlyStopping, iteration: int, max_iterations: int, wall: float) -> None:
+    """Say why training stopped (the tutorial's lines) and how long it took."""
+    if stopper.best_value is None:
+        raise SystemExit("train: no evaluation gave a finite validation value, so there is no best "
+                         "network to save. Try a lower train.learning_rate or train.precision: float32.")
+    if stopper.stop_reason == "patience":
+        print("No improvement found in a while, stopping optimization.")
+    elif stopper.stop_reason == "non_finite":
+        print(f"train: loss is not finite at iteration {iteration}; stopping. "
+              "Try a lower train.learning_rate or train.precision: float32.")
+    else:
+        print(f"Reached train.max_iterations ({max_iterations}), stopping optimization.")
+    print(f"Time usage: {timedelta(seconds=int(round(wall)))}")
+
+
+def finish(
+    runner: Trainer,
+    model_cfg: params.ModelParams,
+    cfg: params.TrainParams,
+    state: LoopState,
+    start_iteration: int,
+    wall: float,
+    strategy_name: str,
+) -> None:
+    """Report how training ended, write the models and metrics, and remove the checkpoints."""
+    stopper, history = state.stopper, state.history
+    report_stop(stopper, runner.iteration, cfg.max_iterations, wall)
+    write_networks(runner, model_cfg, cfg.precision)
+    write_history(history)
+    best = best_row(history, stopper.best_iteration)
+    metrics = {
+        "best_iteration": stopper.best_iteration,
+        "best_validation_accuracy": best["validation_accuracy"],
+        "best_validation_loss": best["validation_loss"],
+        "stopped_iteration": runner.iteration,
+        "stop_reason": stopper.stop_reason,
+        "iterations": runner.iteration,
+        "resumed_from_iteration": start_iteration,
+        "wall_seconds": round(wall, 2),
+        "iterations_per_second": round(runner.iteration / wall, 2) if wall > 0 else 0.0,
+        "replicas": runner.replicas,
+        "strategy": strategy_name,
+    }
+    write_json(TRAIN_METRICS, metrics)
+    shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
+
+
+def write_networks(runner: Trainer, model_cfg: params.ModelParams, precision: str) -> None:
+    """models/final (weights at the stop), models/best (restored best), models/initial, kernels, model.json."""
+    kernels = {"final": runner.conv_kernels()}
+    runner.export(FINAL_MODEL)
+    for which, path in (("best", BEST_MODEL), ("initial", INITIAL_MODEL)):
+        runner.load_saved(which)
+        runner.export(path)
+        kernels[which] = runner.conv_kernels()
+    write_kernels(KERNELS, {v: kernels[v] for v in ("initial", "best", "final")})
+    from mnist_early_stopping.model import describe
+
+    write_json(MODEL_INFO, {**describe(model_cfg), "precision": precision})
+
+
+def best_row(history: list[Row], iteration: int) -> Row:
+    """The history row of the given evaluation."""
+    return next(r for r in history if r["iteration"] == iteration)
+
+
+def write_history(history: list[Row]) -> None:
+    """The per-evaluation curves as CSV, for `dvc plots` and the plots stage."""
+    with write_atomic(HISTORY, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({**row, "improved": int(row["improved"])})
