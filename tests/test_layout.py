@@ -1,0 +1,113 @@
+"""dvc.yaml against the code: code deps equal each stage's import closure; every path is the layout's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnist_early_stopping import layout
+from mnist_early_stopping.deps import import_closure, imported_modules
+from tests.conftest import ROOT
+
+CODE_DIRS = ("stages/", "mnist_early_stopping/")
+STAGES = ("download", "split", "train", "evaluate", "plots")
+
+
+def declared_stages(text: str | None = None) -> dict[str, dict]:
+    """The `stages:` mapping of dvc.yaml (or of the given text)."""
+    return yaml.safe_load(text if text is not None else (ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def entry_path(entry: str | dict) -> str:
+    """The path of a deps/outs/metrics entry, plain or with options."""
+    return entry if isinstance(entry, str) else next(iter(entry))
+
+
+def code_deps(stage: dict) -> list[str]:
+    """The stage's deps that are project code."""
+    return sorted(d for d in map(entry_path, stage.get("deps", [])) if d.startswith(CODE_DIRS))
+
+
+def closure_mismatches(stages: dict[str, dict]) -> list[str]:
+    """One line per stage whose code deps differ from its import closure."""
+    problems = []
+    for name, stage in stages.items():
+        declared, actual = set(code_deps(stage)), set(import_closure(f"stages.{name}"))
+        if declared != actual:
+            problems.append(
+                f"{name}: missing {sorted(actual - declared)}, not imported {sorted(declared - actual)}"
+            )
+    return problems
+
+
+def test_every_stage_runs_its_own_module() -> None:
+    stages = declared_stages()
+    assert sorted(stages) == sorted(STAGES)
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"python -m stages.{name}"
+
+
+def test_code_deps_are_each_stages_import_closure() -> None:
+    assert closure_mismatches(declared_stages()) == []
+
+
+def test_a_dep_removed_from_dvc_yaml_is_caught() -> None:
+    text = (ROOT / "dvc.yaml").read_text()
+    removed = "      - mnist_early_stopping/early_stopping.py\n"
+    assert removed in text
+    problems = closure_mismatches(declared_stages(text.replace(removed, "", 1)))
+    assert problems == ["train: missing ['mnist_early_stopping/early_stopping.py'], not imported []"]
+
+
+def test_no_stage_imports_another_stage() -> None:
+    for name in STAGES:
+        imports = imported_modules((ROOT / "stages" / f"{name}.py").read_text())
+        assert not [m for m in imports if m.startswith("stages")], name
+
+
+def test_closure_follows_lazy_imports_and_skips_type_checking_ones() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from mnist_early_stopping import trainer\n"
+        "def f():\n    from mnist_early_stopping import network\n"
+        "import mnist_early_stopping.layout as layout\n"
+    )
+    found = imported_modules(source)
+    assert {"mnist_early_stopping.network", "mnist_early_stopping.layout"} <= found
+    assert "mnist_early_stopping.trainer" not in found
+
+
+def test_evaluate_needs_neither_the_model_code_nor_keras() -> None:
+    closure = import_closure("stages.evaluate")
+    assert "mnist_early_stopping/model.py" not in closure
+    assert "mnist_early_stopping/trainer.py" not in closure
+
+
+def layout_paths() -> set[str]:
+    """Every path the layout module names, as dvc.yaml would write it."""
+    paths = {str(v) for v in vars(layout).values() if isinstance(v, Path)}
+    return paths | {str(layout.split_path(s)) for s in layout.SPLITS}
+
+
+@pytest.mark.parametrize("section", ["deps", "outs", "metrics", "plots"])
+def test_every_data_path_in_dvc_yaml_is_the_layouts(section: str) -> None:
+    known = layout_paths()
+    for name, stage in declared_stages().items():
+        for entry in stage.get(section, []):
+            path = entry_path(entry)
+            if not path.startswith(CODE_DIRS):
+                assert path in known, f"{name}.{section}: {path} is not a path of mnist_early_stopping/layout.py"
+
+
+def test_top_level_metrics_and_plots_are_the_layouts() -> None:
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    known = layout_paths()
+    assert set(pipeline["metrics"]) <= known
+    for plot in pipeline["plots"]:
+        if isinstance(plot, str):
+            assert plot.rstrip("/") in known
+            continue
+        (spec,) = plot.values()
+        assert set(spec["y"]) <= known
