@@ -13,11 +13,10 @@ from matplotlib.figure import Figure
 
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.layout import (
-    HISTORY, HISTORY_FIELDS, KERNELS, NUM_CLASSES, PREDICTIONS, TRAIN_METRICS, split_path,
+    CURVES, KERNELS, NUM_CLASSES, PREDICTIONS, TRAIN_METRICS, curve_path, split_path,
 )
 from mnist_early_stopping.model_files import conv_layer_names, read_kernels
 
-HISTORY_COLUMNS = HISTORY_FIELDS[:-1]  # every curve; `improved` is not drawn
 # Figure sizes in inches are fixed, so pixel sizes depend on plots.dpi only.
 GRID_SIZE = (6.0, 6.6)
 CONFUSION_SIZE = (7.0, 6.0)
@@ -25,18 +24,18 @@ CURVES_SIZE = (11.0, 4.5)
 FILTERS_SIZE = (10.0, 5.4)
 
 
-def read_csv(path: Path, columns: tuple[str, ...], stage: str) -> dict[str, np.ndarray]:
-    """Numeric columns of a CSV file written by an earlier stage, by name."""
+def read_csv(path: Path, columns: tuple[str, ...], stage: str, delimiter: str = ",") -> dict[str, np.ndarray]:
+    """Numeric columns of a CSV (or TSV) file written by an earlier stage, by name."""
     try:
         with path.open(encoding="utf-8") as f:
-            header = f.readline().strip().split(",")
+            header = f.readline().strip().split(delimiter)
             missing = [c for c in columns if c not in header]
             if missing:
                 raise SystemExit(
                     f"plots: {path} has no column {missing[0]} (columns: {', '.join(header)}); "
                     f"re-run `dvc repro {stage}`"
                 )
-            data = np.loadtxt(f, delimiter=",", ndmin=2)
+            data = np.loadtxt(f, delimiter=delimiter, ndmin=2)
     except FileNotFoundError:
         raise SystemExit(f"plots: {path} not found; run `dvc repro {stage}` first") from None
     return {c: data[:, header.index(c)] for c in columns}
@@ -58,11 +57,22 @@ def load_inputs() -> dict[str, Any]:
             f"plots: {PREDICTIONS} does not match the test labels in {split_path('test')}; "
             "re-run `dvc repro evaluate`"
         )
-    history = read_csv(HISTORY, HISTORY_COLUMNS, "train")
+    history = read_curves()
     return {
         "images": images, "labels": labels, "predicted": predicted, "kernels": kernels,
         "history": history, "train_metrics": train_metrics,
     }
+
+
+def read_curves() -> dict[str, np.ndarray]:
+    """The training curves from DVCLive's files, on the iterations they share, as `iteration` and one array each."""
+    curves = {name: read_csv(curve_path(name), ("step", name), "train", delimiter="\t") for name in CURVES}
+    steps = curves[CURVES[0]]["step"]
+    for name, curve in curves.items():
+        if not np.array_equal(curve["step"], steps):
+            raise SystemExit(f"plots: {curve_path(name)} has other steps than {curve_path(CURVES[0])}; "
+                             "re-run `dvc repro train`")
+    return {"iteration": steps, **{name: curve[name] for name, curve in curves.items()}}
 
 
 def image_grid(images: np.ndarray, captions: list[str], title: str) -> Figure:

@@ -18,6 +18,9 @@ MODELS_DIR = Path("models")
 BEST_MODEL = MODELS_DIR / "best"
 FINAL_MODEL = MODELS_DIR / "final"
 INITIAL_MODEL = MODELS_DIR / "initial"
+BEST_KERAS = MODELS_DIR / "best.keras"
+FINAL_KERAS = MODELS_DIR / "final.keras"
+TFLITE_MODEL = MODELS_DIR / "best.tflite"
 KERNELS = MODELS_DIR / "kernels.npz"
 MODEL_INFO = MODELS_DIR / "model.json"
 
@@ -27,8 +30,14 @@ CHECKPOINT_DIR = Path("checkpoints/train")
 
 DATA_METRICS = Path("metrics/data.json")
 TRAIN_METRICS = Path("metrics/train.json")
-HISTORY = Path("metrics/history.csv")
+# The training curves, written by DVCLive at every evaluation (step = iteration):
+# one TSV per curve under LIVE_DIR/plots/metrics/, the latest values in LIVE_SUMMARY.
+LIVE_DIR = Path("metrics/live")
+LIVE_SUMMARY = LIVE_DIR / "metrics.json"
+LIVE_PLOTS_DIR = LIVE_DIR / "plots"
+LIVE_CURVES_DIR = LIVE_PLOTS_DIR / "metrics"
 TEST_METRICS = Path("metrics/test.json")
+EXPORT_METRICS = Path("metrics/export.json")
 PREDICTIONS = Path("metrics/predictions.csv")
 # Per-class scores live beside the metrics, not in them: 30 more columns per
 # network would drown the headline numbers in `dvc metrics show`.
@@ -41,11 +50,15 @@ NUM_CLASSES = 10
 # uint8 pixels -> [0, 1], the scale every network here is trained and served on.
 PIXEL_SCALE = 1.0 / 255.0
 
-HISTORY_FIELDS = (
-    "iteration", "train_batch_accuracy", "train_batch_loss", "validation_accuracy", "validation_loss", "improved",
-)
+# The curves logged at every evaluation; the same words in the log, the JSON and the plots.
+CURVES = ("train_batch_accuracy", "train_batch_loss", "validation_accuracy", "validation_loss")
 
 
 def split_path(name: str) -> Path:
     """The .npz file of one split (train, validation or test)."""
     return SPLIT_DIR / f"{name}.npz"
+
+
+def curve_path(name: str) -> Path:
+    """DVCLive's TSV of one curve (columns step and the curve's name)."""
+    return LIVE_CURVES_DIR / f"{name}.tsv"

@@ -8,6 +8,7 @@ bad value and what is allowed, and exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,11 +212,38 @@ def parse_section(name: str, raw: Any, cls: type[T]) -> T:
     return cls(**values)
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """YAML as users write numbers, with duplicated keys refused.
+
+    YAML 1.1 (PyYAML) reads `1e-4`, `1e-05` and `1.0e9` as strings, though
+    DVC (YAML 1.2) reads them as numbers and writes `1e-05` itself for
+    `dvc exp run -S train.learning_rate=0.00001`; here they are floats too.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ParamsError(f"params.yaml: key {key!r} appears twice (again at line {line}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# Floats with an exponent and no dot, or a dot and an unsigned exponent: YAML 1.2 floats that 1.1 misses.
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     """Read the raw params mapping, with a clear error for an unreadable file."""
     try:
         with path.open(encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=ParamsLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run the stage from the project root") from None
     except yaml.YAMLError as e:

@@ -246,6 +246,20 @@ class Trainer:
         with replace_dir(path) as tmp:
             self.model.export(str(tmp), format="tf_saved_model", verbose=False)
 
+    def save_keras(self, path: Path) -> None:
+        """Write the current network as a compiled .keras file, atomically: `keras.saving.load_model` then fits it."""
+        # Compiled with the run's optimiser settings and loss, so fine-tuning is one `fit` call away.
+        with self.strategy.scope():
+            self.model.compile(
+                optimizer=keras.optimizers.Adam(self.cfg.learning_rate),
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+            )
+        tmp = path.with_name(f".{path.stem}.tmp.keras")
+        self.model.save(tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
     def load_saved(self, which: str) -> None:
         """Put the saved `initial` or `best` weights into the network (the end of training)."""
         self.model.load_weights({"initial": self.initial_path, "best": self.best_path}[which])

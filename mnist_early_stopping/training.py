@@ -11,7 +11,6 @@ nothing in the project.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -27,13 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mnist_early_stopping import distribute, params
-from mnist_early_stopping.atomic import write_atomic, write_json
+from mnist_early_stopping.atomic import write_json
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.deps import ROOT, import_closure
 from mnist_early_stopping.early_stopping import EarlyStopping, evaluation_points
 from mnist_early_stopping.layout import (
-    BEST_MODEL, CHECKPOINT_DIR, FINAL_MODEL, HISTORY, HISTORY_FIELDS, INITIAL_MODEL, KERNELS, MODEL_INFO,
-    TRAIN_METRICS, split_path,
+    BEST_KERAS, BEST_MODEL, CHECKPOINT_DIR, CURVES, FINAL_KERAS, FINAL_MODEL, INITIAL_MODEL, KERNELS, LIVE_DIR, MODEL_INFO, TRAIN_METRICS,
+    split_path,
 )
 from mnist_early_stopping.model_files import write_kernels
 
@@ -170,16 +169,37 @@ class ProgressSink:
             self.bar.close()
 
 
+class LiveSink:
+    """The curves through DVCLive, written at every evaluation so `dvc exp show` and `dvc plots` follow the run."""
+
+    def __init__(self, history: list[Row]) -> None:
+        from dvclive import Live
+
+        # No experiment commits and no dvc.yaml edits: the pipeline declares these files itself.
+        self.live = Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None)
+        # DVC removed the previous files before this run: a resumed run writes
+        # the checkpoint's rows again, so the curves have every step exactly once.
+        for row in history:
+            self(row)
+
+    def __call__(self, row: Row) -> None:
+        self.live.step = row["iteration"]
+        for name in CURVES:
+            self.live.log_metric(name, row[name])
+        self.live.next_step()
+
+
 def sinks(runner: Trainer, state: LoopState, progress: ProgressSink | None) -> list[Sink]:
-    """What happens to each evaluation: saving an improvement, the curves, the log line."""
+    """What happens to each evaluation: saving an improvement, the loop's history, live curves, the log line."""
 
     def save_best(row: Row) -> None:
         # Before training goes on: an improvement is on disk as soon as it is reported.
         if row["improved"]:
             runner.save_best()
 
-    chosen: list[Sink] = [save_best, state.history.append]
-    return chosen + ([progress] if progress is not None else [])
+    if progress is None:  # a worker other than the chief writes nothing
+        return [state.history.append]
+    return [save_best, state.history.append, LiveSink(state.history), progress]
 
 
 def evaluation_step(runner: Trainer, stopper: EarlyStopping, point: int) -> Row:
@@ -318,7 +338,6 @@ def finish(
     stopper, history = state.stopper, state.history
     report_stop(stopper, runner.iteration, cfg.max_iterations, wall)
     write_networks(runner, model_cfg, cfg.precision)
-    write_history(history)
     best = best_row(history, stopper.best_iteration)
     metrics = {
         "best_iteration": stopper.best_iteration,
@@ -338,13 +357,17 @@ def finish(
 
 
 def write_networks(runner: Trainer, model_cfg: params.ModelParams, precision: str) -> None:
-    """models/final (weights at the stop), models/best (restored best), models/initial, kernels, model.json."""
+    """The final (weights at the stop), best (restored) and initial networks, kernels, model.json."""
     kernels = {"final": runner.conv_kernels()}
     runner.export(FINAL_MODEL)
-    for which, path in (("best", BEST_MODEL), ("initial", INITIAL_MODEL)):
-        runner.load_saved(which)
-        runner.export(path)
-        kernels[which] = runner.conv_kernels()
+    runner.save_keras(FINAL_KERAS)
+    runner.load_saved("best")
+    runner.export(BEST_MODEL)
+    runner.save_keras(BEST_KERAS)
+    kernels["best"] = runner.conv_kernels()
+    runner.load_saved("initial")
+    runner.export(INITIAL_MODEL)
+    kernels["initial"] = runner.conv_kernels()
     write_kernels(KERNELS, {v: kernels[v] for v in ("initial", "best", "final")})
     from mnist_early_stopping.model import describe
 
@@ -354,12 +377,3 @@ def write_networks(runner: Trainer, model_cfg: params.ModelParams, precision: st
 def best_row(history: list[Row], iteration: int) -> Row:
     """The history row of the given evaluation."""
     return next(r for r in history if r["iteration"] == iteration)
-
-
-def write_history(history: list[Row]) -> None:
-    """The per-evaluation curves as CSV, for `dvc plots` and the plots stage."""
-    with write_atomic(HISTORY, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({**row, "improved": int(row["improved"])})

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mnist_early_stopping.layout import CURVES, curve_path
 from tests.tiny_mnist import write_mirror
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,3 +82,19 @@ def run_stage(project: Path, stage: str, env: dict[str, str], check: bool = True
     if check and result.returncode != 0:
         raise AssertionError(f"stage {stage} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def read_curves(project: Path) -> list[dict[str, str]]:
+    """The training curves DVCLive wrote, as rows {"iteration": ..., curve: ...} of strings, one per evaluation."""
+    columns: dict[str, list[str]] = {}
+    steps: list[str] | None = None
+    for name in CURVES:
+        lines = (project / curve_path(name)).read_text().splitlines()
+        assert lines[0].split("\t") == ["step", name], f"{curve_path(name)}: header {lines[0]!r}"
+        rows = [line.split("\t") for line in lines[1:]]
+        if steps is not None:
+            assert [r[0] for r in rows] == steps, f"{curve_path(name)} has other steps"
+        steps = [r[0] for r in rows]
+        columns[name] = [r[1] for r in rows]
+    assert steps is not None
+    return [{"iteration": s, **{n: columns[n][i] for n in CURVES}} for i, s in enumerate(steps)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mnist_early_stopping.distribute import Task, task_from_tf_config
-from tests.conftest import TINY_PARAMS, copy_project, run_stage, stage_env, write_params
+from tests.conftest import TINY_PARAMS, copy_project, read_curves, run_stage, stage_env, write_params
 from tests.test_train import kill_after_checkpoint
 from tests.tiny_mnist import write_mirror
 
@@ -93,8 +92,7 @@ def iteration_line(project: Path) -> str:
 
 
 def history(project: Path) -> list[dict[str, str]]:
-    with (project / "metrics/history.csv").open() as f:
-        return list(csv.DictReader(f))
+    return read_curves(project)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +113,7 @@ def copy_reference(single: tuple[Path, dict[str, str]], name: str, distribute: s
     """A copy of the reference project with its data but without its training outputs."""
     reference, _ = single
     project = reference.parent / name
-    shutil.copytree(reference, project, ignore=shutil.ignore_patterns("models", "train.json", "history.csv"))
+    shutil.copytree(reference, project, ignore=shutil.ignore_patterns("models", "train.json", "live"))
     write_params(project, {"train": {"distribute": distribute}})
     return project
 

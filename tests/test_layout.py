@@ -88,7 +88,7 @@ def test_evaluate_needs_neither_the_model_code_nor_keras() -> None:
 def layout_paths() -> set[str]:
     """Every path the layout module names, as dvc.yaml would write it."""
     paths = {str(v) for v in vars(layout).values() if isinstance(v, Path)}
-    return paths | {str(layout.split_path(s)) for s in layout.SPLITS}
+    return paths | {str(layout.split_path(s)) for s in layout.SPLITS} | {str(layout.curve_path(c)) for c in layout.CURVES}
 
 
 @pytest.mark.parametrize("section", ["deps", "outs", "metrics", "plots"])

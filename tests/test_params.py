@@ -94,8 +94,8 @@ CASES: list[tuple[str, Callable[[Raw], None], str]] = [
      "params.yaml: train.batch_size must be an integer between 1 and 65536, got 64.0"),
     ("bool-for-float", set_key("download", "timeout_seconds", False),
      "params.yaml: download.timeout_seconds must be a number greater than 0.0 and at most 3600.0, got False"),
-    ("string-for-float", set_key("train", "learning_rate", "1e-4"),
-     "params.yaml: train.learning_rate must be a number greater than 0.0 and at most 1.0, got '1e-4'"),
+    ("string-for-float", set_key("train", "learning_rate", "1e-4 per step"),
+     "params.yaml: train.learning_rate must be a number greater than 0.0 and at most 1.0, got '1e-4 per step'"),
     ("below-range", set_key("split", "validation_size", -5),
      "params.yaml: split.validation_size must be an integer between 1 and 59999, got -5"),
     ("above-range", set_key("split", "validation_size", 60000),
@@ -232,3 +232,23 @@ def test_stages_reject_bad_params_before_importing_tensorflow(
     results = json.loads(probe.stdout.splitlines()[-1])
     for stage in stages:
         assert results[stage] == [2, message, False, False], stage
+
+
+@pytest.mark.parametrize("text,value", [("1e-4", 1e-4), ("1e-05", 1e-5), ("1.0e-3", 1e-3), (".5", 0.5), ("2E-3", 2e-3)])
+def test_numbers_as_users_and_dvc_write_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, value: float) -> None:
+    source = (ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(source.replace("learning_rate: 0.0001", f"learning_rate: {text}"))
+    monkeypatch.chdir(tmp_path)
+    (train,) = params.load("train")
+    assert train.learning_rate == value
+
+
+def test_a_duplicated_key_is_an_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(source.replace("  patience: 1000\n", "  patience: 1000\n  patience: 500\n"))
+    monkeypatch.chdir(tmp_path)
+    line = load_error(capsys, "train")
+    assert line.startswith("params.yaml: key 'patience' appears twice (again at line"), line

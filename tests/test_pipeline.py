@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, write_params
+from tests.conftest import copy_project, read_curves, write_params
 from tests.tiny_mnist import write_mirror
 
 pytestmark = pytest.mark.slow
@@ -134,6 +135,11 @@ def test_metrics_show_lists_data_train_and_test(repo: Repo):
     assert {"metrics/data.json", "metrics/train.json", "metrics/test.json"} <= set(files)
     train = files["metrics/train.json"]["data"]
     assert train["stop_reason"] == "patience" and train["best_iteration"] < train["stopped_iteration"]
+    data = files["metrics/data.json"]["data"]
+    counts = {name: sum(data[name]["class_counts"][str(c)] for c in range(10)) for name in ("train", "validation")}
+    assert counts == {"train": data["train"]["size"], "validation": data["validation"]["size"]}
+    live = files["metrics/live/metrics.json"]["data"]
+    assert live["step"] == train["stopped_iteration"]
 
 
 def test_editing_patience_reruns_exactly_train_evaluate_plots(repo: Repo):
@@ -177,17 +183,94 @@ def test_plots_show_renders_curves_confusion_matrix_and_images(repo: Repo):
         assert (repo.path / f"dvc_plots/static/workspace_plots_{name}.png").stat().st_size > 1000
 
 
-def test_bad_param_fails_with_the_error_line_and_keeps_outputs(repo: Repo):
-    kept = ["dvc.lock", "metrics", "models", "plots", "data/split"]
-    before = file_digests(repo.path, kept)
+def test_bad_param_fails_with_the_error_line_then_the_outputs_come_back(repo: Repo):
+    outputs = ["metrics", "models", "plots", "data/split"]
+    before, lock = file_digests(repo.path, outputs), (repo.path / "dvc.lock").read_bytes()
     original = (repo.path / "params.yaml").read_text()
     write_params(repo.path, {"train": {"patience": -5}})
     result = repo.run("dvc", "repro", check=False)
     assert result.returncode != 0
     assert "params.yaml: train.patience must be an integer between 1 and 10000000, got -5" in result.stdout
+    assert (repo.path / "dvc.lock").read_bytes() == lock, "a failed run must not touch dvc.lock"
+    # DVC removed train's outputs before running it; `dvc checkout` brings the committed ones back.
+    assert not (repo.path / "models/best").exists()
     (repo.path / "params.yaml").write_text(original)
-    assert file_digests(repo.path, kept) == before
+    repo.run("dvc", "checkout")
+    assert file_digests(repo.path, outputs) == before
     assert repo.repro() == [], "the failed run disturbed the pipeline state"
+
+
+def train_outputs(repo: Repo) -> dict[str, str]:
+    """Digests of everything the train stage writes."""
+    return file_digests(repo.path, ["models", "metrics/train.json", "metrics/live"])
+
+
+def test_going_back_to_earlier_params_restores_from_the_run_cache(repo: Repo):
+    first = train_outputs(repo)
+    write_params(repo.path, {"train": {"patience": 30}})
+    assert repo.repro() == ["train", "evaluate", "plots"]
+    write_params(repo.path, {"train": {"patience": 40}})
+    started = time.monotonic()
+    out = repo.run("dvc", "repro").stdout
+    print(f"patience 30 -> 40 (already run): dvc repro took {time.monotonic() - started:.1f} s")
+    assert "Running stage" not in out, out
+    for stage in ("train", "evaluate", "plots"):
+        assert f"Stage '{stage}' is cached - skipping run" in out
+    assert train_outputs(repo) == first, "the run-cache must restore the first run's outputs byte for byte"
+    assert "up to date" in repo.run("dvc", "status").stdout
+
+
+def test_an_experiment_already_run_restores_without_training(repo: Repo):
+    out = repo.run("dvc", "exp", "run", "-S", "train.patience=30").stdout
+    assert "Running stage 'train'" not in out and "Stage 'train' is cached" in out, out
+    repo.run("git", "checkout", "--", "params.yaml")
+    repo.run("dvc", "checkout")
+
+
+def start_killable(repo: Repo, *args: str) -> subprocess.Popen:
+    """A command in its own process group, so it can be killed with its children (the stage)."""
+    return subprocess.Popen(args, cwd=repo.path, env=repo.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def kill_group_after_checkpoint(repo: Repo, proc: subprocess.Popen) -> None:
+    """SIGKILL the command and its stage as soon as a resumable checkpoint is on disk."""
+    state = repo.path / "checkpoints/train/latest/checkpoint"
+    deadline = time.monotonic() + 300
+    while not state.is_file():
+        assert proc.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_under_dvc(repo: Repo):
+    write_params(repo.path, {"train": {"patience": 50}})  # never run: nothing in the run-cache
+    kill_group_after_checkpoint(repo, start_killable(repo, "dvc", "repro"))
+    out = repo.run("dvc", "repro").stdout
+    assert "train: resuming from the checkpoint at iteration" in out, out
+    assert not (repo.path / "checkpoints").exists(), "no checkpoint is left after a successful run"
+    curve = read_curves(repo.path)
+    steps = [int(r["iteration"]) for r in curve]
+    assert steps == list(range(20, repo.metrics("train")["stopped_iteration"] + 1, 20)), "one row per evaluation"
+
+
+def test_a_killed_forced_run_comes_back_and_its_checkpoint_does_not_pile_up(repo: Repo):
+    before = train_outputs(repo)
+    kill_group_after_checkpoint(repo, start_killable(repo, "dvc", "repro", "-f", "-s", "train"))
+    out = repo.run("dvc", "repro").stdout
+    assert "Stage 'train' is cached - skipping run" in out, out
+    assert train_outputs(repo) == before
+    # The run-cache gave the result, so that checkpoint has nothing left to do:
+    # the next training (other params) removes it.
+    assert (repo.path / "checkpoints/train").is_dir()
+    write_params(repo.path, {"train": {"patience": 70}})
+    out = repo.run("dvc", "repro").stdout
+    assert "not resuming the checkpoint" in out and "patience: 50 -> 70" in out, out
+    assert not (repo.path / "checkpoints").exists()
+    repo.run("git", "checkout", "--", "params.yaml")
+    assert repo.repro() == []  # patience 40 again: restored from the run-cache
 
 
 def test_experiment_run_and_queue(repo: Repo):
@@ -213,21 +296,70 @@ def test_experiment_run_and_queue(repo: Repo):
     assert {60, 20, 80} <= set(by_patience), sorted(by_patience)
     for patience in (60, 20, 80):
         metrics = by_patience[patience]["metrics"]
-        assert metrics["metrics/train.json"]["data"]["stop_reason"] in ("patience", "max_iterations")
-        assert 0.0 <= metrics["metrics/test.json"]["data"]["best"]["accuracy"] <= 1.0
+        train = metrics["metrics/train.json"]["data"]
+        if train["stop_reason"] == "patience":  # evaluations every 20 iterations, patience a multiple of 20
+            assert train["stopped_iteration"] - train["best_iteration"] == patience
+        else:
+            assert (train["stop_reason"], train["stopped_iteration"]) == ("max_iterations", 400)
+        best = metrics["metrics/test.json"]["data"]["best"]
+        assert best["accuracy"] == best["correct"] / best["total"] and best["accuracy"] > 0.5
+
+
+EXP_SHOW_COLUMNS = (
+    "dvc", "exp", "show", "--no-pager", "--only-changed", "--drop", ".*", "--keep",
+    "Experiment|patience|best_iteration|stopped_iteration|best_validation_accuracy|best.accuracy|final.accuracy",
+    "--sort-by", "best.accuracy",
+)
+
+
+def test_exp_show_with_the_documented_columns_fits_a_terminal(repo: Repo):
+    env = dict(repo.env, COLUMNS="120")
+    table = repo.run(*EXP_SHOW_COLUMNS, env=env).stdout
+    lines = [line for line in table.splitlines() if line.strip()]
+    assert max(len(line) for line in lines) <= 120, table
+    for column in ("patience", "best_iteration", "stopped_iteration", "best.accuracy", "final.accuracy"):
+        assert column in table, table
+    assert "…" not in table.replace("Experiment", ""), table
 
 
 def test_remote_push_clone_pull_then_nothing_to_run(repo: Repo, tmp_path: Path):
     remote = tmp_path / "remote"
     repo.run("dvc", "remote", "add", "-d", "shared", str(remote))
     repo.commit("add a DVC remote")
-    repo.run("dvc", "push")
+    repo.run("dvc", "push", "--run-cache")
     clone = tmp_path / "clone"
     repo.run("git", "clone", "-q", str(repo.path), str(clone))
     other = Repo(clone, dict(repo.env, MNIST_MIRROR=str(tmp_path / "nowhere")))
-    other.run("dvc", "pull")
+    other.run("dvc", "pull", "--run-cache")
     assert other.repro() == [], "a pulled clone should have nothing to run"
     assert (clone / "models/best/saved_model.pb").is_file()
+    # The run-cache came with it: params run elsewhere (patience 30) are restored, not trained.
+    write_params(clone, {"train": {"patience": 30}})
+    out = other.run("dvc", "repro").stdout
+    assert "Running stage" not in out and "Stage 'train' is cached - skipping run" in out, out
+    other.run("git", "checkout", "--", "params.yaml")
+    other.run("dvc", "checkout")
     # dvc gc keeps what the workspace uses.
     other.run("dvc", "gc", "--workspace", "--force")
     assert other.repro() == []
+
+
+def test_a_fresh_clone_shows_the_committed_figures_with_plots_diff(repo: Repo, tmp_path: Path):
+    clone = tmp_path / "fresh"
+    repo.run("git", "clone", "-q", str(repo.path), str(clone))
+    other = Repo(clone, repo.env)
+    out = other.run("dvc", "plots", "diff", "HEAD").stdout
+    assert "failed to load" not in out, out
+    html = (clone / "dvc_plots/index.html").read_text()
+    assert '<img src="static/HEAD_plots_test_images.png">' in html, html[:2000]
+
+
+def test_the_best_network_is_a_model_artifact(repo: Repo, tmp_path: Path):
+    listed = repo.run("dvc", "ls", "--dvc-only", str(repo.path), "models").stdout
+    assert "best" in listed
+    pipeline = yaml.safe_load((repo.path / "dvc.yaml").read_text())
+    (name, artifact), = pipeline["artifacts"].items()
+    assert artifact["type"] == "model" and artifact["path"] == "models/best"
+    out = tmp_path / "got"
+    repo.run("dvc", "artifacts", "get", str(repo.path), name, "--out", str(out))
+    assert (out / "saved_model.pb").is_file()

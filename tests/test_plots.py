@@ -46,11 +46,15 @@ def write_inputs(project: Path, test_size: int = 30) -> None:
     (project / "metrics").mkdir()
     rows = [f"{a},{p},{c:.4f}" for a, p, c in zip(labels, predicted, rng.uniform(0.3, 1.0, test_size))]
     (project / "metrics/predictions.csv").write_text("actual,predicted,confidence\n" + "\n".join(rows) + "\n")
-    history = ["iteration,train_batch_accuracy,train_batch_loss,validation_accuracy,validation_loss,improved"]
-    for i in range(1, 11):
-        accuracy, loss = min(1.0, 0.1 * i + 0.05), 2.3 / i**2
-        history.append(f"{i * 10},{accuracy},{loss},{0.09 * i},{2.3 / i**1.5},{int(i <= 7)}")
-    (project / "metrics/history.csv").write_text("\n".join(history) + "\n")
+    curves = project / "metrics/live/plots/metrics"
+    curves.mkdir(parents=True)
+    values = {
+        "train_batch_accuracy": lambda i: min(1.0, 0.1 * i + 0.05), "train_batch_loss": lambda i: 2.3 / i**2,
+        "validation_accuracy": lambda i: 0.09 * i, "validation_loss": lambda i: 2.3 / i**1.5,
+    }
+    for name, value in values.items():
+        rows = [f"step\t{name}"] + [f"{i * 10}\t{value(i)}" for i in range(1, 11)]
+        (curves / f"{name}.tsv").write_text("\n".join(rows) + "\n")
     (project / "metrics/train.json").write_text(json.dumps({"best_iteration": 70, "stopped_iteration": 100}))
     (project / "models").mkdir()
     kernels = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mnist_early_stopping.training import log_line, manifest_differences
-from tests.conftest import run_stage, stage_env, write_params
+from tests.conftest import read_curves, run_stage, stage_env, write_params
 
 RESULT_KEYS = ("best_iteration", "stopped_iteration", "best_validation_accuracy", "best_validation_loss", "stop_reason")
 
@@ -72,9 +72,12 @@ def test_train_writes_a_savedmodel_that_loads_in_a_fresh_process(prepared):
     assert metrics["stop_reason"] == "patience"
     assert metrics["best_iteration"] < metrics["stopped_iteration"] <= 400
     assert metrics["best_validation_accuracy"] > 0.5
-    history = (project / "metrics/history.csv").read_text().splitlines()
-    assert history[0] == "iteration,train_batch_accuracy,train_batch_loss,validation_accuracy,validation_loss,improved"
-    assert len(history) == 1 + metrics["stopped_iteration"] // 20
+    history = read_curves(project)
+    assert [int(r["iteration"]) for r in history] == list(range(20, metrics["stopped_iteration"] + 1, 20))
+    best = history[metrics["best_iteration"] // 20 - 1]
+    assert float(best["validation_accuracy"]) == metrics["best_validation_accuracy"]
+    live = json.loads((project / "metrics/live/metrics.json").read_text())
+    assert live["step"] == metrics["stopped_iteration"] and set(live) == {"step", *history[0]} - {"iteration"}
     assert not (project / "checkpoints/train").exists(), "checkpoints are cleaned up after a successful run"
     with __import__("numpy").load(project / "models/kernels.npz") as k:
         assert sorted(k.files) == sorted(f"conv{i}_{w}" for i in (1, 2) for w in ("initial", "best", "final"))
@@ -97,6 +100,34 @@ def test_train_writes_a_savedmodel_that_loads_in_a_fresh_process(prepared):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok")
+    assert_keras_file_fine_tunes_and_matches_the_savedmodel(project, env)
+
+
+KERAS_CHECK = (
+    "import sys, numpy as np, keras, tensorflow as tf\n"
+    "assert 'stages' not in sys.modules and 'mnist_early_stopping' not in sys.modules\n"
+    "model = keras.saving.load_model(sys.argv[1])\n"
+    "data = np.load(sys.argv[3])\n"
+    "x, y = data['images'].astype('float32') / 255, data['labels'].astype('int32')\n"
+    "served = tf.saved_model.load(sys.argv[2]).serve(x).numpy()\n"
+    "ours = model.predict(x, verbose=0)\n"
+    "assert np.array_equal(ours.argmax(1), served.argmax(1)), 'argmax differs'\n"
+    "assert np.abs(ours - served).max() < 1e-5, np.abs(ours - served).max()\n"
+    "loss = model.fit(x[:64], y[:64], batch_size=64, epochs=1, verbose=0).history['loss'][0]\n"
+    "assert np.isfinite(loss), loss\n"
+    "print('ok', loss)\n"
+)
+
+
+def assert_keras_file_fine_tunes_and_matches_the_savedmodel(project: Path, env: dict[str, str]) -> None:
+    """models/{best,final}.keras load in plain Keras, agree with the SavedModels and train one more step."""
+    for name in ("best", "final"):
+        done = subprocess.run(
+            [sys.executable, "-c", KERAS_CHECK, str(project / f"models/{name}.keras"), str(project / f"models/{name}"),
+             str(project / "data/split/validation.npz")],
+            cwd="/", env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -104,17 +135,17 @@ def test_same_params_same_results_and_resume_after_sigkill(prepared):
     project, env = prepared
     run_stage(project, "train", env)
     first = results(project)
-    first_history = (project / "metrics/history.csv").read_text()
+    first_history = read_curves(project)
     run_stage(project, "train", env)
     assert results(project) == first, "two runs with the same params and data differ"
-    assert (project / "metrics/history.csv").read_text() == first_history
+    assert read_curves(project) == first_history
 
     (project / "metrics/train.json").unlink()
     kill_after_checkpoint(project, env)
     resumed = run_stage(project, "train", env).stdout
     assert "train: resuming from the checkpoint at iteration" in resumed
     assert results(project) == first
-    assert (project / "metrics/history.csv").read_text() == first_history
+    assert read_curves(project) == first_history
 
 
 @pytest.mark.slow
