@@ -351,6 +351,7 @@ def finish(
         "iterations_per_second": round(runner.iteration / wall, 2) if wall > 0 else 0.0,
         "replicas": runner.replicas,
         "strategy": strategy_name,
+        "cpu": cpu_description(),
     }
     write_json(TRAIN_METRICS, metrics)
     shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
@@ -372,6 +373,28 @@ def write_networks(runner: Trainer, model_cfg: params.ModelParams, precision: st
     from mnist_early_stopping.model import describe
 
     write_json(MODEL_INFO, {**describe(model_cfg), "precision": precision})
+
+
+def cpu_description() -> str:
+    """The CPU and the widest vector ISA oneDNN may use on it: float32 results differ between ISAs."""
+    flags, model = set(), "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:  # not Linux: the model is unknown, the ISA is what oneDNN picks
+        pass
+    isa = next((name for name, flag in ISA_FLAGS if flag in flags), "unknown ISA")
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{model}, {isa}" + (f", oneDNN limited to {limit}" if limit else "")
+
+
+# Widest first: the first flag the CPU has names the kernels oneDNN dispatches to.
+ISA_FLAGS = (("AMX", "amx_tile"), ("AVX-512 BF16", "avx512_bf16"), ("AVX-512", "avx512f"), ("AVX2", "avx2"))
 
 
 def best_row(history: list[Row], iteration: int) -> Row:
