@@ -43,7 +43,15 @@ def load_network(path: Path, batch_size: int) -> Network:
         raise NetworkError(f"{path} is not a SavedModel (no saved_model.pb)")
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path))
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as e:  # a torn SavedModel fails in many ways: OSError, IndexError, OpError, ...
+        raise NetworkError(f"{path} is a broken SavedModel ({_first_line(e)})") from None
     if not hasattr(loaded, "serve"):
         raise NetworkError(f"{path} is a SavedModel without a `serve` endpoint; export it with this project")
     return Network(lambda images: loaded.serve(images), batch_size)
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of an error's message, at most 200 characters (TensorFlow's run to pages)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
