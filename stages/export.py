@@ -1,0 +1,22 @@
+"""Export stage: models/best as a float32 TFLite model, checked against the SavedModel on the test set.
+
+Reads models/best (a SavedModel) and the test split; writes models/best.tflite
+and metrics/export.json, or neither if fewer than 99.9% of the test images get
+the same class from both. Reads no params.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mnist_early_stopping.export import export
+
+
+def main() -> None:
+    """Entry point of the export stage."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    export()
+
+
+if __name__ == "__main__":
+    main()
