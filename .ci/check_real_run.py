@@ -45,6 +45,15 @@ def main() -> int:
             failures.append(f"best test accuracy {test['best']['accuracy']} < 0.98")
     else:
         failures.append("metrics/test.json is missing")
+    export_path = Path("metrics/export.json")
+    if export_path.exists():
+        tflite = json.loads(export_path.read_text())["tflite"]
+        print(f"export: TFLite vs SavedModel argmax agreement {tflite['argmax_agreement']:.4%} "
+              f"of {tflite['images']} images, largest probability difference {tflite['max_abs_probability_difference']:.2e}")
+        if tflite["argmax_agreement"] < 0.999:
+            failures.append(f"TFLite agreement {tflite['argmax_agreement']} < 0.999")
+    else:
+        failures.append("metrics/export.json is missing")
     for failure in failures:
         print(f"FAIL: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -354,7 +354,16 @@ def finish(
         "cpu": cpu_description(),
     }
     write_json(TRAIN_METRICS, metrics)
+    remove_checkpoints()
+
+
+def remove_checkpoints() -> None:
+    """Delete the finished run's checkpoints, and their parent folder if nothing else is in it."""
     shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
+    try:
+        CHECKPOINT_DIR.parent.rmdir()
+    except OSError:  # not empty (something of the user's), or already gone
+        pass
 
 
 def write_networks(runner: Trainer, model_cfg: params.ModelParams, precision: str) -> None:

@@ -374,3 +374,9 @@ def test_the_best_network_is_a_model_artifact(repo: Repo, tmp_path: Path):
     out = tmp_path / "got"
     repo.run("dvc", "artifacts", "get", str(repo.path), name, "--out", str(out))
     assert (out / "saved_model.pb").is_file()
+    # GTO (installed with DVC) registers versions of it as Git tags.
+    repo.run("gto", "register", name, "--version", "v1.0.0")
+    repo.run("gto", "assign", name, "--version", "v1.0.0", "--stage", "prod")
+    shown = repo.run("gto", "show").stdout
+    assert name in shown and "v1.0.0" in shown
+    assert f"{name}@v1.0.0" in repo.run("git", "tag").stdout

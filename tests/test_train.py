@@ -78,7 +78,7 @@ def test_train_writes_a_savedmodel_that_loads_in_a_fresh_process(prepared):
     assert float(best["validation_accuracy"]) == metrics["best_validation_accuracy"]
     live = json.loads((project / "metrics/live/metrics.json").read_text())
     assert live["step"] == metrics["stopped_iteration"] and set(live) == {"step", *history[0]} - {"iteration"}
-    assert not (project / "checkpoints/train").exists(), "checkpoints are cleaned up after a successful run"
+    assert not (project / "checkpoints").exists(), "checkpoints are cleaned up after a successful run"
     with __import__("numpy").load(project / "models/kernels.npz") as k:
         assert sorted(k.files) == sorted(f"conv{i}_{w}" for i in (1, 2) for w in ("initial", "best", "final"))
         assert k["conv1_initial"].shape == (5, 5, 1, 4)
