@@ -12,9 +12,16 @@ import numpy as np
 from mnist_early_stopping.atomic import write_atomic, write_json
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.layout import (
-    BEST_MODEL, FINAL_MODEL, INITIAL_MODEL, NUM_CLASSES, PER_CLASS, PREDICTIONS, TEST_METRICS, TRAIN_METRICS,
+    BEST_KERAS, BEST_MODEL, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, NUM_CLASSES, PER_CLASS,
+    PREDICTIONS, TEST_METRICS, TRAIN_METRICS,
 )
-from mnist_early_stopping.network import Network, NetworkError, load_network
+from mnist_early_stopping.network import Network, NetworkError, load_any
+
+# The networks the train stage writes, by how they are loaded.
+NETWORK_FILES = {
+    "savedmodel": {"best": BEST_MODEL, "final": FINAL_MODEL, "initial": INITIAL_MODEL},
+    "keras": {"best": BEST_KERAS, "final": FINAL_KERAS, "initial": INITIAL_KERAS},
+}
 
 # Accuracy is correct / total; anything beyond float rounding means a different network.
 RESTORE_TOLERANCE = 1e-9
@@ -126,18 +133,19 @@ def load_train_metrics() -> dict[str, Any]:
 def load_stage_network(path: Path, batch_size: int) -> Network:
     """A network the train stage wrote, or exit 1 with one line saying how to make it."""
     try:
-        return load_network(path, batch_size)
+        return load_any(path, batch_size)
     except NetworkError as e:
         raise SystemExit(f"evaluate: {e}; run the train stage first (dvc repro train)") from None
 
 
-def evaluate(batch_size: int) -> None:
+def evaluate(batch_size: int, load_from: str = "savedmodel") -> None:
     """Check the restored best network, score all three networks on the test set, write the outputs."""
     train_metrics = load_train_metrics()
     validation_images, validation_labels = load_labelled("validation")
     test_images, test_labels = load_labelled("test")
+    files = NETWORK_FILES[load_from]
 
-    best = load_stage_network(BEST_MODEL, batch_size)
+    best = load_stage_network(files["best"], batch_size)
     check = summary(validation_labels, best(validation_images))
     recorded = train_metrics["best_validation_accuracy"]
     error = restore_error(check["correct"], check["total"], recorded, train_metrics["best_iteration"])
@@ -153,8 +161,8 @@ def evaluate(batch_size: int) -> None:
     best_probabilities = best(test_images)
     results = {
         "best": network_results(test_labels, best_probabilities),
-        "final": network_results(test_labels, load_stage_network(FINAL_MODEL, batch_size)(test_images)),
-        "untrained": summary(test_labels, load_stage_network(INITIAL_MODEL, batch_size)(test_images)),
+        "final": network_results(test_labels, load_stage_network(files["final"], batch_size)(test_images)),
+        "untrained": summary(test_labels, load_stage_network(files["initial"], batch_size)(test_images)),
         "restore_check": {"validation_accuracy": check["accuracy"], "recorded_validation_accuracy": recorded},
     }
     labels = {

@@ -21,12 +21,25 @@ INITIAL_MODEL = MODELS_DIR / "initial"
 BEST_KERAS = MODELS_DIR / "best.keras"
 FINAL_KERAS = MODELS_DIR / "final.keras"
 TFLITE_MODEL = MODELS_DIR / "best.tflite"
+INITIAL_KERAS = MODELS_DIR / "initial.keras"
 KERNELS = MODELS_DIR / "kernels.npz"
+# Where a network's provenance travels with it: TF Serving's place for extra
+# files in a SavedModel directory, and a member of the same name in a .keras archive.
+PROVENANCE_DIR = "assets.extra"
+PROVENANCE_NAME = "provenance.json"
+# What every network here expects, recorded with it.
+PREPROCESSING = (
+    "float32 images (N, 28, 28) in [0, 1] (uint8 pixels / 255), a white digit on black, "
+    "centred as MNIST's: the longest side of the digit 20 px, its centre of mass at the centre "
+    "(mnist-predict prepares any picture this way)"
+)
 MODEL_INFO = MODELS_DIR / "model.json"
 
 # Work in progress of the train stage, outside DVC's outputs so that it
 # survives DVC clearing them before a re-run.
 CHECKPOINT_DIR = Path("checkpoints/train")
+# Held by the training that writes there: one training of a workspace at a time.
+TRAIN_LOCK = Path("checkpoints/train.lock")
 
 DATA_METRICS = Path("metrics/data.json")
 TRAIN_METRICS = Path("metrics/train.json")

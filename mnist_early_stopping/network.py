@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mnist_early_stopping.layout import IMAGE_SHAPE, PIXEL_SCALE
+from mnist_early_stopping.layout import IMAGE_SHAPE, PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
 
 
 class NetworkError(Exception):
@@ -50,6 +50,47 @@ def load_network(path: Path, batch_size: int) -> Network:
     if not hasattr(loaded, "serve"):
         raise NetworkError(f"{path} is a SavedModel without a `serve` endpoint; export it with this project")
     return Network(lambda images: loaded.serve(images), batch_size)
+
+
+def load_keras_network(path: Path, batch_size: int) -> Network:
+    """A .keras file rebuilt in Keras safe mode, as a batched predictor; NetworkError if it cannot be.
+
+    Safe mode rebuilds the network from its config with Keras's own layers
+    and loads the weights: no graph and no code stored in the file runs, so
+    this is the way to load a network from an untrusted source.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NetworkError(f"{path} is not a .keras file")
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:  # a bad archive fails in many ways: zipfile, JSON, h5py, a refused lambda...
+        raise NetworkError(f"{path} is not a loadable .keras file ({_first_line(e)})") from None
+    return Network(lambda images: model(images, training=False), batch_size)
+
+
+def load_any(path: Path, batch_size: int) -> Network:
+    """A .keras file (safe mode) by its suffix, else a SavedModel directory."""
+    if Path(path).suffix == ".keras":
+        return load_keras_network(path, batch_size)
+    return load_network(path, batch_size)
+
+
+def read_provenance(path: Path) -> dict[str, Any] | None:
+    """What made a network (written by the train stage), from a SavedModel's assets.extra or a .keras archive."""
+    import json
+    import zipfile
+
+    path = Path(path)
+    try:
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read(PROVENANCE_NAME))
+        return json.loads((path / PROVENANCE_DIR / PROVENANCE_NAME).read_text(encoding="utf-8"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
 
 
 def _first_line(error: Exception) -> str:

@@ -119,6 +119,10 @@ class EvaluateParams:
 
     batch_size: int = field(metadata=_int(1, 100_000))
     """Images per forward pass when evaluating."""
+    load_from: str = field(metadata=_choice("savedmodel", "keras"))
+    """savedmodel: run the SavedModels' graphs; keras: rebuild the networks from the
+    .keras files in Keras safe mode, running nothing stored in the files (for
+    networks from a source you do not trust)."""
 
 
 @dataclass(frozen=True)

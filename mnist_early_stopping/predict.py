@@ -1,6 +1,6 @@
 """mnist-predict: classify your own pictures of digits with a trained network.
 
-    mnist-predict IMAGE_OR_FOLDER... [--model models/best] [--json] [--top K]
+    mnist-predict IMAGE_OR_FOLDER... [--model models/best | models/best.keras] [--json] [--top K]
     mnist-predict --info [--model models/best] [--json]
 
 Every input is read and prepared first (numpy and Pillow only, see
@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("paths", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files or folders of them")
     parser.add_argument(
-        "--model", type=Path, default=BEST_MODEL, help="SavedModel folder (default: %(default)s)"
+        "--model", type=Path, default=BEST_MODEL,
+        help="SavedModel folder (default: %(default)s), or a .keras file, which is rebuilt in Keras safe mode "
+        "and runs nothing stored in it: use that for a network you do not trust (e.g. models/best.keras)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per input")
     parser.add_argument("--top", type=int, default=3, metavar="K", help="likeliest digits shown (default 3)")
@@ -122,10 +124,10 @@ def save_preprocessed(item: Item, path: Path) -> None:
 def load_model(path: Path, batch_size: int) -> Predictor | None:
     """The network, or None after one line on stderr saying what is wrong and what to do."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from mnist_early_stopping.network import NetworkError, load_network
+    from mnist_early_stopping.network import NetworkError, load_any
 
     try:
-        return load_network(path, batch_size)
+        return load_any(path, batch_size)
     except NetworkError as e:
         print(f"{PROG}: {e}; train one (dvc repro) or pass --model DIR", file=sys.stderr, flush=True)
         return None
@@ -186,11 +188,20 @@ def write_results(
 
 def provenance(model: Path) -> dict[str, dict[str, Any]]:
     """Where the network comes from, one section per source: its path, whether present, and what it says."""
+    from mnist_early_stopping.network import read_provenance
+
     params_path = model.parent / "model.json"
+    is_keras = model.suffix == ".keras"
+    present = model.is_file() if is_keras else (model / "saved_model.pb").is_file()
+    kind = ".keras file (loaded in Keras safe mode)" if is_keras else "SavedModel"
     sections = {
-        "model": {"path": str(model), "present": (model / "saved_model.pb").is_file(), "kind": "SavedModel"},
+        "model": {"path": str(model), "present": present, "kind": kind},
+        "made_by": {"path": str(model), "present": False, "problem": "no provenance recorded in the model"},
         "params": {"path": str(params_path), "present": params_path.is_file()},
     }
+    recorded = read_provenance(model) if present else None
+    if recorded is not None:
+        sections["made_by"] = {"path": str(model), "present": True, "values": recorded}
     if sections["params"]["present"]:
         try:
             sections["params"]["values"] = json.loads(params_path.read_text(encoding="utf-8"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import tensorflow as tf
 from mnist_early_stopping import params
 from mnist_early_stopping.atomic import replace_dir
 from mnist_early_stopping.distribute import from_chief, is_multi_worker, max_over_workers
-from mnist_early_stopping.layout import PIXEL_SCALE
+from mnist_early_stopping.layout import PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
 from mnist_early_stopping.model import build_model, conv_kernels
 
 
@@ -241,12 +242,15 @@ class Trainer:
             return signum
         return max_over_workers(self.strategy, signum or 0) or None
 
-    def export(self, path: Path) -> None:
+    def export(self, path: Path, provenance: dict[str, Any] | None = None) -> None:
         """Write the current weights as a SavedModel whose `serve` maps images to probabilities."""
         with replace_dir(path) as tmp:
             self.model.export(str(tmp), format="tf_saved_model", verbose=False)
+            if provenance is not None:
+                (tmp / PROVENANCE_DIR).mkdir(exist_ok=True)
+                (tmp / PROVENANCE_DIR / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n")
 
-    def save_keras(self, path: Path) -> None:
+    def save_keras(self, path: Path, provenance: dict[str, Any] | None = None) -> None:
         """Write the current network as a compiled .keras file, atomically: `keras.saving.load_model` then fits it."""
         # Compiled with the run's optimiser settings and loss, so fine-tuning is one `fit` call away.
         with self.strategy.scope():
@@ -256,6 +260,9 @@ class Trainer:
             )
         tmp = path.with_name(f".{path.stem}.tmp.keras")
         self.model.save(tmp)
+        if provenance is not None:  # Keras reads only its own members of the archive
+            with zipfile.ZipFile(tmp, "a") as archive:
+                archive.writestr(PROVENANCE_NAME, json.dumps(provenance, indent=2) + "\n")
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

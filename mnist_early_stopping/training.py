@@ -11,12 +11,14 @@ nothing in the project.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,10 +33,11 @@ from mnist_early_stopping.data import load_split
 from mnist_early_stopping.deps import ROOT, import_closure
 from mnist_early_stopping.early_stopping import EarlyStopping, evaluation_points
 from mnist_early_stopping.layout import (
-    BEST_KERAS, BEST_MODEL, CHECKPOINT_DIR, CURVES, FINAL_KERAS, FINAL_MODEL, INITIAL_MODEL, KERNELS, LIVE_DIR, MODEL_INFO, TRAIN_METRICS,
-    split_path,
+    BEST_KERAS, BEST_MODEL, CHECKPOINT_DIR, CURVES, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, PREPROCESSING, INITIAL_MODEL, KERNELS, LIVE_DIR, MODEL_INFO, TRAIN_METRICS,
+    TRAIN_LOCK, split_path,
 )
 from mnist_early_stopping.model_files import write_kernels
+from mnist_early_stopping.workspace_lock import LockedError, hold
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -213,6 +216,21 @@ def evaluation_step(runner: Trainer, stopper: EarlyStopping, point: int) -> Row:
 def train(model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
     """Run (or resume) training; the chief writes every output of the stage."""
     task = distribute.task_from_tf_config(os.environ) if cfg.distribute == "multi_worker" else distribute.SINGLE_PROCESS
+    if task.is_chief:
+        try:
+            with hold(TRAIN_LOCK, "the train stage"):
+                train_as(task, model_cfg, cfg)
+            with contextlib.suppress(OSError):  # not empty: a run to resume, or something of the user's
+                CHECKPOINT_DIR.parent.rmdir()
+        except LockedError as e:
+            raise SystemExit(f"train: another training of this workspace is running: {e}; wait for it to "
+                             f"finish or stop it, then run again ({TRAIN_LOCK} is free once it has exited)") from None
+        return
+    train_as(task, model_cfg, cfg)
+
+
+def train_as(task: distribute.Task, model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
+    """Set up the devices and the strategy, then run this process's part of training."""
     cpus = distribute.logical_cpus(os.environ)
     # TensorFlow is imported from here on, only once params are known good.
     if cpus is not None:
@@ -296,7 +314,7 @@ def run(
             progress.close()
     if chief:
         finish(runner, model_cfg, cfg, state, start_iteration,
-               state.wall_before + time.perf_counter() - started, strategy_name)
+               state.wall_before + time.perf_counter() - started, strategy_name, manifest)
 
 
 def interrupted(point: int, signum: int, chief: bool) -> None:
@@ -333,11 +351,12 @@ def finish(
     start_iteration: int,
     wall: float,
     strategy_name: str,
+    manifest: dict[str, Any],
 ) -> None:
     """Report how training ended, write the models and metrics, and remove the checkpoints."""
     stopper, history = state.stopper, state.history
     report_stop(stopper, runner.iteration, cfg.max_iterations, wall)
-    write_networks(runner, model_cfg, cfg.precision)
+    write_networks(runner, model_cfg, cfg.precision, provenance(manifest))
     best = best_row(history, stopper.best_iteration)
     metrics = {
         "best_iteration": stopper.best_iteration,
@@ -358,26 +377,51 @@ def finish(
 
 
 def remove_checkpoints() -> None:
-    """Delete the finished run's checkpoints, and their parent folder if nothing else is in it."""
+    """Delete the finished run's checkpoints (their folder goes once the lock is released, if empty)."""
     shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
-    try:
-        CHECKPOINT_DIR.parent.rmdir()
-    except OSError:  # not empty (something of the user's), or already gone
-        pass
 
 
-def write_networks(runner: Trainer, model_cfg: params.ModelParams, precision: str) -> None:
+def git_commit() -> dict[str, Any]:
+    """The commit the code comes from, and whether the work tree differs from it (None outside git)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "uncommitted_changes": bool(status) if status is not None else None}
+
+
+def provenance(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What made the networks: params, data digests, code, machine, and the input they expect."""
+    code = hashlib.sha256(json.dumps(manifest["code"], sort_keys=True).encode()).hexdigest()
+    return {
+        "made_by": "the train stage of mnist-early-stopping (dvc repro train)",
+        "params": {"model": manifest["model"], "train": manifest["train"]},
+        "data_sha256": manifest["data"],
+        **git_commit(),
+        "code_sha256": code,
+        "cpu": cpu_description(),
+        "input": PREPROCESSING,
+        "output": "float32 class probabilities (N, 10), digits 0-9",
+    }
+
+
+def write_networks(runner: Trainer, model_cfg: params.ModelParams, precision: str, made_by: dict[str, Any]) -> None:
     """The final (weights at the stop), best (restored) and initial networks, kernels, model.json."""
-    kernels = {"final": runner.conv_kernels()}
-    runner.export(FINAL_MODEL)
-    runner.save_keras(FINAL_KERAS)
-    runner.load_saved("best")
-    runner.export(BEST_MODEL)
-    runner.save_keras(BEST_KERAS)
-    kernels["best"] = runner.conv_kernels()
-    runner.load_saved("initial")
-    runner.export(INITIAL_MODEL)
-    kernels["initial"] = runner.conv_kernels()
+    kernels = {}
+    for which, saved_model, keras_file in (
+        ("final", FINAL_MODEL, FINAL_KERAS), ("best", BEST_MODEL, BEST_KERAS), ("initial", INITIAL_MODEL, INITIAL_KERAS),
+    ):
+        if which != "final":  # the final network is the one in memory
+            runner.load_saved(which)
+        record = {**made_by, "network": which}
+        runner.export(saved_model, record)
+        runner.save_keras(keras_file, record)
+        kernels[which] = runner.conv_kernels()
     write_kernels(KERNELS, {v: kernels[v] for v in ("initial", "best", "final")})
     from mnist_early_stopping.model import describe
 

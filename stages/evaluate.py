@@ -11,13 +11,15 @@ import os
 
 from mnist_early_stopping import params
 from mnist_early_stopping.evaluation import evaluate
+from mnist_early_stopping.tf_runtime import import_tensorflow
 
 
 def main() -> None:
     """Entry point of the evaluate stage."""
     (cfg,) = params.load("evaluate")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    evaluate(cfg.batch_size)
+    import_tensorflow()  # before the library's own import: drops TensorFlow's start-up noise
+    evaluate(cfg.batch_size, cfg.load_from)
 
 
 if __name__ == "__main__":

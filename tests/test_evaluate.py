@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from mnist_early_stopping import evaluation as evaluate
-from tests.conftest import copy_project, run_stage, stage_env
+from tests.conftest import copy_project, run_stage, stage_env, write_params
 from tests.tiny_mnist import write_mirror
 
 # Six images of classes 0-2; predicted 0, 1, 1, 1, 2, 0. Hand-computed below.
@@ -157,3 +160,70 @@ def test_evaluate_fails_when_best_model_does_not_match_train_metrics(
     assert "dvc repro -f train" in error
     assert not (project / "metrics/test.json").exists()
     assert not (project / "metrics/predictions.csv").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_from_the_keras_files_in_safe_mode_gives_the_same_results(
+    pipeline: tuple[Path, dict[str, str], str], tmp_path: Path
+) -> None:
+    source, env, _ = pipeline
+    project = tmp_path / "project"
+    shutil.copytree(source, project)
+    write_params(project, {"evaluate": {"load_from": "keras"}})
+    stdout = run_stage(project, "evaluate", env).stdout
+    assert "Restore check passed" in stdout
+    assert json.loads((project / "metrics/test.json").read_text()) == json.loads(
+        (source / "metrics/test.json").read_text()
+    )
+    assert (project / "metrics/predictions.csv").read_text() == (source / "metrics/predictions.csv").read_text()
+
+
+SAFE_AND_SAVED = (
+    "import sys, numpy as np\n"
+    "from mnist_early_stopping.network import load_keras_network, load_network\n"
+    "images = np.load(sys.argv[3])['images']\n"
+    "saved = load_network(sys.argv[1], 64)(images)\n"
+    "safe = load_keras_network(sys.argv[2], 64)(images)\n"
+    "assert np.array_equal(saved.argmax(1), safe.argmax(1)), 'argmax differs'\n"
+    "print(float(np.abs(saved - safe).max()))\n"
+)
+
+
+@pytest.mark.slow
+def test_the_safe_keras_way_and_the_savedmodel_agree(pipeline: tuple[Path, dict[str, str], str]) -> None:
+    project, env, _ = pipeline
+    for name in ("best", "final", "initial"):
+        done = subprocess.run(
+            [sys.executable, "-c", SAFE_AND_SAVED, f"models/{name}", f"models/{name}.keras", "data/split/test.npz"],
+            cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert float(done.stdout.strip().splitlines()[-1]) <= 1e-6, name
+
+
+def test_a_keras_file_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    keras = pytest.importorskip("keras")
+    from mnist_early_stopping.network import NetworkError, load_keras_network
+
+    inputs = keras.Input((28, 28))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(keras.layers.Flatten()(inputs))
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(NetworkError, match="not a loadable .keras file"):
+        load_keras_network(path, 8)
+
+
+@pytest.mark.slow
+def test_every_network_carries_what_made_it(pipeline: tuple[Path, dict[str, str], str]) -> None:
+    from mnist_early_stopping.network import read_provenance
+
+    project, _, _ = pipeline
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for name in ("best", "final", "initial"):
+        for path in (project / f"models/{name}", project / f"models/{name}.keras"):
+            record = read_provenance(path)
+            assert record is not None, path
+            assert record["network"] == name and record["params"]["train"] == params["train"]
+            assert set(record["data_sha256"]) == {"train.npz", "validation.npz"}
+            assert "[0, 1]" in record["input"] and "centre of mass" in record["input"]
+            assert {"commit", "uncommitted_changes", "code_sha256", "cpu"} <= set(record)

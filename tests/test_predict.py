@@ -195,20 +195,25 @@ def test_info_prints_what_exists_and_says_what_is_missing(
 ) -> None:
     model = tmp_path / "models" / "best"
     assert predict.main(["--info", "--model", str(model)]) == 1
+    no_record = "no provenance recorded in the model"
     assert capsys.readouterr().out.splitlines() == [
-        f"model: missing ({model})", f"params: missing ({model.parent / 'model.json'})",
+        f"model: missing ({model})", f"made_by: missing ({model}; {no_record})",
+        f"params: missing ({model.parent / 'model.json'})",
     ]
     model.mkdir(parents=True)
     (model / "saved_model.pb").write_bytes(b"")
     (model.parent / "model.json").write_text(json.dumps({"conv_filters": [16, 36], "precision": "float32"}))
     assert predict.main(["--info", "--model", str(model)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"model: {model} (SavedModel)", f"params: {model.parent / 'model.json'}",
-        "  conv_filters: [16, 36]", '  precision: "float32"',
+        f"model: {model} (SavedModel)", f"made_by: missing ({model}; {no_record})",
+        f"params: {model.parent / 'model.json'}", "  conv_filters: [16, 36]", '  precision: "float32"',
     ]
+    (model / "assets.extra").mkdir()
+    (model / "assets.extra/provenance.json").write_text(json.dumps({"commit": "abc123", "network": "best"}))
     assert predict.main(["--info", "--model", str(model), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"]["present"] and info["params"]["values"]["conv_filters"] == [16, 36]
+    assert info["made_by"]["values"] == {"commit": "abc123", "network": "best"}
 
 
 # --- the real thing: a SavedModel exported by this project, loaded by TensorFlow ---

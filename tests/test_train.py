@@ -193,3 +193,32 @@ def test_bad_train_params_are_rejected(project, tiny_mirror, section, key, value
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert message in result.stderr
+
+
+@pytest.mark.slow
+def test_a_second_training_of_the_workspace_is_refused_then_takes_over_a_dead_ones_lock(prepared):
+    project, env = prepared
+    write_params(project, {"train": {"max_iterations": 100000, "patience": 100000}})
+    first = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"], cwd=project, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        lock = project / "checkpoints/train.lock"
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text().strip()):
+            assert first.poll() is None and time.monotonic() < deadline, "the first training did not start"
+            time.sleep(0.05)
+        second = run_stage(project, "train", env, check=False)
+        assert second.returncode == 1
+        lines = second.stderr.strip().splitlines()
+        assert lines == [lines[0]] and f"pid {first.pid}" in lines[0], second.stderr
+        assert "another training of this workspace is running" in lines[0]
+        assert first.poll() is None, "the refused run must not disturb the running one"
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    # The kernel released the dead process's lock: the next run takes it over.
+    write_params(project, {"train": {"max_iterations": 40, "patience": 100}})
+    run_stage(project, "train", env)
+    assert not (project / "checkpoints").exists()
