@@ -6,19 +6,29 @@ serve each file gzipped (`NAME.gz`) or plain (`NAME`). Every file is checked
 against the SHA-256 and size of its *decompressed* content and stored
 decompressed, so the output is byte-identical whichever mirror served it and
 DVC never re-runs later stages because the source changed.
+
+The stage writes nothing in data/raw but the four MNIST files and its own
+temp dirs (`.NAME.xxxxxxxx`), and deletes nothing else: anything else there
+makes it refuse to run. What a mirror sends is bounded in size and in time,
+and redirects go to http(s) only, never from https down to http.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import http.client
+import io
 import json
 import os
-import shutil
+import re
+import socket
+import ssl
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,9 +36,10 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from mnist_early_stopping import params
+
 MIRROR_ENV = "MNIST_MIRROR"
 # A JSON file {"name": {"size": N, "sha256": "..."}} replacing the canonical
 # digests: for tests and for other datasets in MNIST's format.
@@ -60,12 +71,63 @@ CANONICAL: dict[str, Expected] = {
 }
 
 
+# The only names ever used as paths in data/raw, whatever a digest table says.
+MNIST_NAMES = tuple(CANONICAL)
+# What fetch_from_mirror writes in its temp dir: the bytes as received, then the verified content.
+DOWNLOAD, CONTENT = "download", "content"
+# A download may be larger than its decompressed size by gzip's framing: a
+# header (maybe with a file name or comment), 5 bytes per 64 KiB block of
+# data that does not compress, an 8-byte trailer. 64 KiB covers that for
+# MNIST-sized files and bounds what a mirror can make the stage write.
+GZIP_SLACK = 64 * 1024
+# One attempt at one file (NAME.gz then NAME, redirects included) is cut off
+# after 10 * timeout_seconds, at least 10 minutes (the 47 MB training images
+# at 80 kB/s): timeout_seconds alone bounds silences, not a mirror that sends
+# a byte now and then forever.
+DEADLINE_TIMEOUTS = 10
+MIN_DEADLINE_SECONDS = 600.0
+
+
 class FetchError(Exception):
     """One attempt at one file from one mirror failed."""
 
 
 class NotOnMirror(FetchError):
     """The mirror does not have this file (HTTP 404 or no such local file)."""
+
+
+class StageError(Exception):
+    """The stage cannot go on: the message is one line for the user; `code` is the exit status."""
+
+    code = 1
+
+
+class BadInput(StageError):
+    """The user's settings are wrong ($MNIST_DIGESTS, $MNIST_MIRROR)."""
+
+    code = 2
+
+
+class LocalError(StageError):
+    """Reading or writing the stage's own files failed: never the mirror's fault, never retried."""
+
+
+def local_error(action: str, path: Path | str, e: OSError) -> LocalError:
+    """A LocalError naming the path, the system's reason and, where it helps, what to do."""
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += "; free some disk space and run again"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason += "; make it writable for this user and run again"
+    return LocalError(f"cannot {action} {path}: {reason}")
+
+
+def attempt_deadline(timeout: float) -> float:
+    """Seconds one attempt at one file may take in all (see MIN_DEADLINE_SECONDS)."""
+    return max(DEADLINE_TIMEOUTS * timeout, MIN_DEADLINE_SECONDS)
+
+
+# --- the digest table and the mirrors: checked before anything is touched -----------------------
 
 
 def load_expected() -> dict[str, Expected]:
@@ -75,15 +137,80 @@ def load_expected() -> dict[str, Expected]:
         return CANONICAL
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        return {name: Expected(int(d["size"]), str(d["sha256"])) for name, d in raw.items()}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"download: ${DIGESTS_ENV}={path} is not a readable digest table: {e}")
+    except (OSError, ValueError) as e:
+        raise BadInput(f"${DIGESTS_ENV}={path} is not a readable digest table: {e}") from None
+    problem = table_problem(raw)
+    if problem:
+        raise BadInput(
+            f"${DIGESTS_ENV}={path}: {problem}; it must map each of {', '.join(MNIST_NAMES)}"
+            ' (and nothing else) to {"size": N, "sha256": "<64 hex digits>"}'
+        )
+    return {name: Expected(raw[name]["size"], raw[name]["sha256"].lower()) for name in MNIST_NAMES}
+
+
+def table_problem(raw: Any) -> str | None:
+    """What is wrong with a parsed digest table, or None."""
+    if not isinstance(raw, dict):
+        return "not a JSON object"
+    unknown = sorted(set(raw) - set(MNIST_NAMES))
+    if unknown:
+        return f"unknown file name {unknown[0]!r}"
+    missing = [name for name in MNIST_NAMES if name not in raw]
+    if missing:
+        return f"no entry for {missing[0]}"
+    for name in MNIST_NAMES:
+        problem = entry_problem(raw[name])
+        if problem:
+            return f"{name}: {problem}"
+    return None
+
+
+def entry_problem(entry: Any) -> str | None:
+    """What is wrong with one {"size": N, "sha256": "..."} entry, or None."""
+    if not isinstance(entry, dict) or set(entry) != {"size", "sha256"}:
+        return 'not {"size": N, "sha256": "..."}'
+    size, sha256 = entry["size"], entry["sha256"]
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        return f"size must be a positive integer, got {size!r}"
+    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        return f"sha256 must be 64 hex digits, got {sha256!r}"
+    return None
+
+
+def check_names(expected: dict[str, Expected]) -> None:
+    """Refuse a digest table that does not name exactly the four MNIST files."""
+    if set(expected) != set(MNIST_NAMES):
+        raise BadInput(f"the digest table must name exactly {', '.join(MNIST_NAMES)}")
 
 
 def mirror_list(configured: tuple[str, ...]) -> list[str]:
     """Mirrors in the order they are tried: $MNIST_MIRROR, then the configured ones."""
     extra = os.environ.get(MIRROR_ENV, "").strip()
     return ([extra] if extra else []) + list(configured)
+
+
+def local_dir(mirror: str) -> Path | None:
+    """The directory a mirror names (a path or a file:// URL), or None for an http(s) mirror."""
+    if "://" not in mirror:
+        return Path(mirror).expanduser()
+    url = urllib.parse.urlparse(mirror)
+    return Path(urllib.request.url2pathname(url.path)) if url.scheme.lower() == "file" else None
+
+
+def check_mirror(mirror: str, out_dir: Path) -> None:
+    """Refuse a mirror of an unknown kind, or one that is, holds or is held by `out_dir`."""
+    if "://" in mirror and urllib.parse.urlparse(mirror).scheme.lower() not in ("file", "http", "https"):
+        raise BadInput(f"mirror {mirror}: not a directory, a file:// URL or an http(s):// URL")
+    local = local_dir(mirror)
+    if local is None:
+        return
+    mine, theirs = out_dir.resolve(), local.resolve()
+    if mine.is_relative_to(theirs) or theirs.is_relative_to(mine):
+        raise BadInput(
+            f"mirror {mirror} is {out_dir} or overlaps it, and DVC deletes {out_dir} before running"
+            f" this stage, which would destroy the files: put them in a directory outside {out_dir}"
+            f" and point ${MIRROR_ENV} there"
+        )
 
 
 def file_url(mirror: str, name: str) -> str:
@@ -93,19 +220,252 @@ def file_url(mirror: str, name: str) -> str:
     return mirror.rstrip("/") + "/" + name
 
 
+# --- data/raw: only our own files ----------------------------------------------------------------
+
+
+def is_output(path: Path) -> bool:
+    """Whether `path` is one of the four files this stage writes (maybe a stale one): replaceable."""
+    return path.name in MNIST_NAMES and (path.is_symlink() or path.is_file())
+
+
+def is_leftover(path: Path) -> bool:
+    """Whether `path` is the temp dir of an earlier, killed run, holding only what it writes."""
+    names = "|".join(map(re.escape, MNIST_NAMES))
+    if not re.fullmatch(rf"\.(?:{names})\.[a-z0-9_]+", path.name):
+        return False
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return all(p.name in (DOWNLOAD, CONTENT) and p.is_file() and not p.is_symlink() for p in path.iterdir())
+
+
+def prepare(out_dir: Path) -> None:
+    """Make `out_dir` a directory of this stage's files only, or refuse without touching anything."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StageError(
+            f"{out_dir} is a file, not a directory: move it elsewhere (this stage writes"
+            f" the four MNIST files into a directory {out_dir}) and run again"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise local_error("create", out_dir, e) from None
+    try:
+        entries = sorted(out_dir.iterdir())
+        strays = [p for p in entries if not is_output(p) and not is_leftover(p)]
+    except OSError as e:
+        raise local_error("read", out_dir, e) from None
+    if strays:
+        more = f" (and {len(strays) - 1} more)" if len(strays) > 1 else ""
+        raise StageError(
+            f"{strays[0]}{more} is not a file this stage writes: move it out of {out_dir} and run again"
+            f" (DVC deletes {out_dir} before running this stage, so nothing else belongs there)"
+        )
+    for path in entries:
+        if is_leftover(path):
+            remove_leftover(path)
+
+
+def remove_leftover(tmp: Path) -> None:
+    """Delete a temp dir of an earlier run (checked by is_leftover)."""
+    try:
+        for path in tmp.iterdir():
+            path.unlink()
+        tmp.rmdir()
+    except OSError as e:
+        raise local_error("remove", tmp, e) from None
+
+
 @contextlib.contextmanager
-def open_url(url: str, timeout: float) -> Iterator[tuple[BinaryIO, int | None]]:
-    """Open a URL for reading; yields the stream and its length when known."""
+def temp_dir(out: Path) -> Iterator[Path]:
+    """A fresh temp dir beside `out`, named after it, deleted afterwards."""
+    try:
+        tmp = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.", ignore_cleanup_errors=True)
+    except OSError as e:
+        raise local_error("create a temporary directory in", out.parent, e) from None
+    with tmp as name:
+        yield out.parent / Path(name).name  # relative when `out` is, for shorter messages
+
+
+class Output:
+    """A file being written; any OSError on it is a LocalError naming it, never the mirror's fault."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = self.do(lambda: path.open("wb"))
+
+    def do(self, operation: Callable[[], Any]) -> Any:
+        """Run one operation on the file, turning an OSError into a LocalError."""
+        try:
+            return operation()
+        except OSError as e:
+            raise local_error("write", self.path, e) from None
+
+    def write(self, chunk: bytes) -> None:
+        """Append bytes."""
+        self.do(lambda: self.file.write(chunk))
+
+    def sync(self) -> None:
+        """Flush the file to disk (before it is renamed into place)."""
+        self.do(self.file.flush)
+        self.do(lambda: os.fsync(self.file.fileno()))
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.do(self.file.close)  # a full disk may show only here, when the buffer is flushed
+
+
+# --- one connection: a deadline, safe redirects --------------------------------------------------
+
+
+class Deadline:
+    """The end of one attempt: then every socket it opened is shut down, whatever is going on."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(seconds, self.expire)
+        self.timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
+
+    def track(self, sock: socket.socket) -> None:
+        """Cut `sock` at the deadline (at once if it has passed)."""
+        with self.lock:
+            self.sockets.append(sock)
+            if self.expired:
+                shut(sock)
+
+    def expire(self) -> None:
+        """Called by the timer: wake every read blocked on the attempt's sockets."""
+        with self.lock:
+            self.expired = True
+            for sock in self.sockets:
+                shut(sock)
+
+
+def shut(sock: socket.socket) -> None:
+    """Make reads blocked on `sock` in another thread return; the TCP level, also for TLS sockets."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class TrackedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection whose socket its Deadline can cut."""
+
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self.deadline.track(self.sock)
+
+
+class TrackedTLSContext(ssl.SSLContext):
+    """create_default_context()'s settings, with sockets a Deadline can cut from the TLS handshake on."""
+
+    deadline: Deadline
+
+    def wrap_socket(  # type: ignore[override]
+        self, sock: socket.socket, *args: Any, **kwargs: Any
+    ) -> ssl.SSLSocket:
+        tls = super().wrap_socket(sock, *args, do_handshake_on_connect=False, **kwargs)
+        self.deadline.track(tls)
+        tls.do_handshake()
+        return tls
+
+
+def tls_context(deadline: Deadline) -> TrackedTLSContext:
+    """A client TLS context that verifies certificates and host names, as urllib's default does."""
+    context = TrackedTLSContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+    context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    context.deadline = deadline
+    return context
+
+
+class DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    """Opens http:// URLs on connections cut at the deadline."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(TrackedHTTPConnection, req, deadline=self.deadline)
+
+
+class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    """Opens https:// URLs on connections cut at the deadline."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(http.client.HTTPSConnection, req, context=tls_context(self.deadline))
+
+
+def redirect_problem(source: str, target: str) -> str | None:
+    """Why a redirect from `source` to `target` is refused, or None to follow it.
+
+    Any host will do, as the content's digest is what makes a file trusted.
+    """
+    scheme = urllib.parse.urlparse(target).scheme.lower()
+    if scheme not in ("http", "https"):
+        return "only redirects to http(s) URLs are followed"
+    if scheme == "http" and urllib.parse.urlparse(source).scheme.lower() == "https":
+        return "a redirect from https down to http is refused"
+    return None
+
+
+class SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http(s) URLs only, never from https down to http."""
+
+    def http_error_302(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        target = headers.get("location") or headers.get("uri")
+        if target:
+            target = urllib.parse.urljoin(req.full_url, target.strip())
+            problem = redirect_problem(req.full_url, target)
+            if problem:
+                fp.close()
+                raise FetchError(f"{req.full_url} redirects to {target}: {problem}")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    # The base class binds these to its own http_error_302.
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def opener(deadline: Deadline) -> urllib.request.OpenerDirector:
+    """A urllib opener with safe redirects and connections cut at the deadline."""
+    handlers = (SafeRedirects, DeadlineHTTPHandler(deadline), DeadlineHTTPSHandler(deadline))
+    return urllib.request.build_opener(*handlers)
+
+
+@contextlib.contextmanager
+def open_url(
+    url: str, timeout: float, deadline: Deadline
+) -> Iterator[tuple[io.BufferedIOBase, int | None, str]]:
+    """Open a URL for reading; yields the stream, its length when known and the URL after redirects."""
     if url.startswith("file://"):
         path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
         if not path.is_file():
             raise NotOnMirror(f"no file {path}")
         with path.open("rb") as f:
-            yield f, path.stat().st_size
+            yield f, path.stat().st_size, url
         return
     try:
-        response = urllib.request.urlopen(url, timeout=timeout)
+        response = opener(deadline).open(url, timeout=timeout)
     except urllib.error.HTTPError as e:
+        e.close()
         if e.code == 404:
             raise NotOnMirror(f"HTTP 404 for {url}") from None
         raise FetchError(f"HTTP {e.code} {e.reason} for {url}") from None
@@ -116,7 +476,7 @@ def open_url(url: str, timeout: float) -> Iterator[tuple[BinaryIO, int | None]]:
         raise FetchError(f"cannot reach {url}: {str(reason) or type(reason).__name__}") from None
     with response:
         length = response.headers.get("Content-Length")
-        yield response, int(length) if length and length.isdigit() else None
+        yield response, int(length) if length and length.isdigit() else None, response.geturl()
 
 
 @contextlib.contextmanager
@@ -131,79 +491,132 @@ def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None]
         yield bar.update
 
 
-def fetch_to(url: str, dest: Path, timeout: float) -> None:
-    """Copy the bytes at `url` into `dest`, raising FetchError on any failure."""
+# --- one file ------------------------------------------------------------------------------------
+
+
+def fetch_to(url: str, dest: Path, timeout: float, limit: int, deadline: Deadline) -> str:
+    """Copy at most `limit` bytes at `url` into `dest`; return the URL read after redirects.
+
+    Raises FetchError for whatever the mirror does wrong, LocalError when `dest` cannot be written.
+    """
+    late = f"{url} not complete after {deadline.seconds:g} s, the limit for one attempt"
+    try:
+        final, received, length = copy_url(url, dest, timeout, limit, deadline)
+    except FetchError:
+        if deadline.expired:
+            raise FetchError(late) from None
+        raise
+    if deadline.expired:  # the deadline's shutdown may read as a normal end of a response of unknown length
+        raise FetchError(late)
+    if length is not None and received != length:
+        raise FetchError(f"{url}: {received} bytes received but Content-Length said {length}")
+    return final
+
+
+def copy_url(
+    url: str, dest: Path, timeout: float, limit: int, deadline: Deadline
+) -> tuple[str, int, int | None]:
+    """The copying of fetch_to; returns the URL after redirects, the bytes received, the announced length."""
+    too_many = f"{url} sends more than {limit} bytes, more than the file can be (its size plus gzip framing)"
     try:
         with (
-            open_url(url, timeout) as (stream, length),
-            dest.open("wb") as out,
+            Output(dest) as out,  # first: a disk we cannot write to is no reason to ask the mirror
+            open_url(url, timeout, deadline) as (stream, length, final),
             progress_bar(length, url.rsplit("/", 1)[-1]) as advance,
         ):
+            if length is not None and length > limit:
+                raise FetchError(too_many)
             received = 0
-            while chunk := stream.read(CHUNK):
-                out.write(chunk)
+            # read1 returns what has arrived, so the checks run between the server's sends.
+            while chunk := stream.read1(CHUNK):
                 received += len(chunk)
+                if received > limit:
+                    raise FetchError(too_many)
+                if deadline.expired:
+                    raise FetchError("deadline")  # reworded by fetch_to
+                out.write(chunk)
                 advance(len(chunk))
     except TimeoutError:
         raise FetchError(f"transfer of {url} timed out (no data for {timeout:g} s)") from None
     except (OSError, http.client.HTTPException) as e:
         raise FetchError(f"transfer of {url} failed: {str(e) or type(e).__name__}") from None
-    if length is not None and received != length:
-        raise FetchError(f"{url}: {received} bytes received but Content-Length said {length}")
+    return final, received, length
+
+
+def is_gzipped(path: Path) -> bool:
+    """Whether `path` starts with gzip's magic number."""
+    try:
+        with path.open("rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError as e:
+        raise local_error("read", path, e) from None
 
 
 def decompress_and_verify(src: Path, dest: Path, expected: Expected) -> None:
-    """Write the (gunzipped if needed) content of `src` to `dest` and check its digest."""
-    with src.open("rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
+    """Write the (gunzipped if needed) content of `src` to `dest`, check its digest, sync it."""
+    gzipped = is_gzipped(src)
     digest, size = hashlib.sha256(), 0
-    try:
-        with (gzip.open(src, "rb") if gzipped else src.open("rb")) as f, dest.open("wb") as out:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-                if size > expected.size:  # a wrong file or a gzip bomb: stop before filling the disk
-                    raise FetchError(f"wrong size: more than {expected.size} bytes, expected {expected.size}")
-                out.write(chunk)
-    except (OSError, EOFError, zlib.error) as e:
-        what = "corrupt gzip data" if gzipped else "cannot read the download"
-        raise FetchError(f"{what}: {str(e) or type(e).__name__}") from None
-    if size != expected.size:
-        raise FetchError(f"wrong size: {size} bytes, expected {expected.size}")
-    got = digest.hexdigest()
-    if got != expected.sha256:
-        raise FetchError(f"SHA-256 mismatch: got {got[:16]}..., expected {expected.sha256[:16]}...")
+    with Output(dest) as out:
+        try:
+            with (gzip.open(src, "rb") if gzipped else src.open("rb")) as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if size > expected.size:  # a wrong file or a gzip bomb: stop before filling the disk
+                        raise FetchError(
+                            f"wrong size: more than {expected.size} bytes, expected {expected.size}"
+                        )
+                    out.write(chunk)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise FetchError(f"corrupt gzip data: {str(e) or type(e).__name__}") from None
+        except OSError as e:  # not the data's fault: the disk's
+            raise local_error("read", src, e) from None
+        if size != expected.size:
+            raise FetchError(f"wrong size: {size} bytes, expected {expected.size}")
+        got = digest.hexdigest()
+        if got != expected.sha256:
+            raise FetchError(f"SHA-256 mismatch: got {got[:16]}..., expected {expected.sha256[:16]}...")
+        out.sync()
 
 
 def is_verified(path: Path, expected: Expected) -> bool:
     """Whether `path` already holds exactly the expected content."""
-    if not path.is_file() or path.stat().st_size != expected.size:
-        return False
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
+    try:
+        if not path.is_file() or path.stat().st_size != expected.size:
+            return False
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+    except OSError as e:
+        raise local_error("read", path, e) from None
     return digest.hexdigest() == expected.sha256
 
 
-def fetch_from_mirror(mirror: str, name: str, expected: Expected, out: Path, timeout: float) -> None:
+def fetch_from_mirror(
+    mirror: str, name: str, expected: Expected, out: Path, timeout: float, log: Callable[[str], None] = print
+) -> None:
     """Fetch `name` (as NAME.gz, else NAME) from one mirror into `out`, verified."""
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}.") as tmp:
-        downloaded, verified = Path(tmp, "download"), Path(tmp, "content")
+    with temp_dir(out) as tmp, Deadline(attempt_deadline(timeout)) as deadline:
+        downloaded, verified = tmp / DOWNLOAD, tmp / CONTENT
         for candidate in (name + ".gz", name):
+            url = file_url(mirror, candidate)
             try:
-                fetch_to(file_url(mirror, candidate), downloaded, timeout)
+                final = fetch_to(url, downloaded, timeout, expected.size + GZIP_SLACK, deadline)
                 break
             except NotOnMirror:
                 continue
         else:
             raise NotOnMirror(f"has neither {name}.gz nor {name}")
+        if final != url:
+            log(f"download: {url} redirected to {final}")
         decompress_and_verify(downloaded, verified, expected)
-        with verified.open("rb") as f:
-            os.fsync(f.fileno())
         # The rename is the only step that makes the file visible under its
         # real name, so data/raw never holds a partial or unverified file.
-        os.replace(verified, out)
+        try:
+            os.replace(verified, out)
+        except OSError as e:
+            raise local_error("write", out, e) from None
 
 
 def fetch_file(
@@ -213,13 +626,18 @@ def fetch_file(
     out_dir: Path,
     cfg: params.DownloadParams,
     sleep: Callable[[float], None] = time.sleep,
+    log: Callable[[str], None] = print,
 ) -> list[str]:
-    """Fetch one file, trying each mirror with retries; return the failures seen."""
+    """Fetch one file, trying each mirror with retries; return the failures seen.
+
+    A LocalError (the disk, not the mirror) is raised at once: retrying or
+    another mirror would fail the same way.
+    """
     failures: list[str] = []
     for mirror in mirrors:
         for attempt in range(1, cfg.retries + 1):
             try:
-                fetch_from_mirror(mirror, name, expected, out_dir / name, cfg.timeout_seconds)
+                fetch_from_mirror(mirror, name, expected, out_dir / name, cfg.timeout_seconds, log)
                 return []
             except NotOnMirror as e:
                 failures.append(f"{mirror}: {e}")
@@ -242,36 +660,28 @@ def download_all(
 ) -> list[str]:
     """Make `out_dir` hold every expected file; on failure return error lines, one per mirror.
 
+    Raises StageError (before touching anything) for bad input or files in
+    `out_dir` that are not this stage's, LocalError when the disk fails.
     Stops at the first file that no mirror provides: the stage fails anyway,
     and the same mirrors would only fail again, slowly, for the next files.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_strays(out_dir, expected)
-    for name, exp in expected.items():
-        path = out_dir / name
+    check_names(expected)
+    for mirror in mirrors:
+        check_mirror(mirror, out_dir)
+    prepare(out_dir)
+    for name in MNIST_NAMES:  # never a name from the table: those are checked, these are ours
+        path, exp = out_dir / name, expected[name]
         if is_verified(path, exp):
             log(f"download: {name} already present and verified")
             continue
-        if path.exists():
+        if path.is_symlink() or path.exists():
             log(f"download: {name} present but not the expected content; fetching it again")
-            remove(path)
-        failures = fetch_file(name, exp, mirrors, out_dir, cfg)
+            try:
+                path.unlink()  # one of our outputs (prepare checked), stale
+            except OSError as e:
+                raise local_error("remove", path, e) from None
+        failures = fetch_file(name, exp, mirrors, out_dir, cfg, log=log)
         if failures:
             return [f"download: could not get {name} from any mirror:"] + ["  " + f for f in failures]
         log(f"download: {name} verified ({exp.size} bytes)")
     return []
-
-
-def remove(path: Path) -> None:
-    """Delete a file or a directory tree."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def remove_strays(out_dir: Path, expected: dict[str, Expected]) -> None:
-    """Delete what is not an expected file, e.g. the temp dir of a killed earlier run."""
-    for path in out_dir.iterdir():
-        if path.name not in expected:
-            remove(path)

@@ -2,6 +2,10 @@
 
 Mirrors are tried in order: $MNIST_MIRROR first (a directory, a file:// URL or
 an http(s):// URL), then `download.mirrors` from params.yaml.
+
+Exit status: 0 done, 1 failed (every mirror failed, the disk failed, or data/raw
+holds files that are not the stage's), 2 bad input ($MNIST_DIGESTS, $MNIST_MIRROR).
+Every failure ends with one line saying what to do; never a traceback.
 """
 
 from __future__ import annotations
@@ -9,14 +13,18 @@ from __future__ import annotations
 import sys
 
 from mnist_early_stopping import params
-from mnist_early_stopping.download import MIRROR_ENV, download_all, load_expected, mirror_list
+from mnist_early_stopping.download import MIRROR_ENV, StageError, download_all, load_expected, mirror_list
 from mnist_early_stopping.layout import RAW_DIR
 
 
 def main() -> None:
     """Entry point of the download stage."""
     (cfg,) = params.load("download")
-    errors = download_all(RAW_DIR, load_expected(), mirror_list(cfg.mirrors), cfg)
+    try:
+        errors = download_all(RAW_DIR, load_expected(), mirror_list(cfg.mirrors), cfg)
+    except StageError as e:  # bad input, files not ours, a full disk: the mirrors are not to blame
+        print(f"download: {e}", file=sys.stderr)
+        raise SystemExit(e.code) from None
     if errors:
         for line in errors:
             print(line, file=sys.stderr)

@@ -1,14 +1,20 @@
-"""Download stage against a local HTTP server and local mirrors: fallback, retries, verification."""
+"""Download stage against a local HTTP server and local mirrors: fallback, retries, verification,
+and its hard edges: bad digest tables, files in data/raw that are not the stage's, bounds in size
+and time, redirects, a full disk."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
 import json
+import os
 import re
+import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +30,7 @@ from mnist_early_stopping.params import DownloadParams
 from tests.conftest import run_stage, stage_env, write_params
 from tests.tiny_mnist import FILE_NAMES, make_arrays
 
-TRAIN_IMAGES = FILE_NAMES[0]
+TRAIN_IMAGES, TRAIN_LABELS = FILE_NAMES[0], FILE_NAMES[1]
 
 
 def tiny_files(seed: int = 0) -> dict[str, bytes]:
@@ -57,6 +63,14 @@ class Mirror:
     delay: float = 0.0  # seconds of silence before the status line
     stall_after: int | None = None  # bytes of body sent before going silent
     extra_length: int = 0  # Content-Length claims this many bytes more than are sent
+    redirect: str | None = None  # answer 302 to this URL ("{name}" is the file asked for)
+    drip: float = 0.0  # seconds between single bytes of the response, for at most DRIP_FOR seconds
+    drip_headers: bool = False  # drip the status line and headers too, not only the body
+    endless: bool = False  # a body of ENDLESS bytes with no Content-Length, whatever is asked
+
+
+DRIP_FOR = 6.0
+ENDLESS = 64 << 20
 
 
 class LocalServer(ThreadingHTTPServer):
@@ -69,6 +83,8 @@ class LocalServer(ThreadingHTTPServer):
         self.mirrors: dict[str, Mirror] = {}
         self.requests: list[str] = []
         self.release = threading.Event()  # ends the waits of slow mirrors at teardown
+        self.sent = 0  # body bytes an endless mirror managed to send
+        self.done = threading.Event()  # set when an endless or dripping answer has ended
 
     def url(self, mirror: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{mirror}/"
@@ -92,19 +108,58 @@ class Handler(BaseHTTPRequestHandler):
         if mirror.status != 200:
             self.send_error(mirror.status)
             return
+        if mirror.redirect is not None:
+            self.send_response(302)
+            self.send_header("Location", mirror.redirect.format(name=name))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if mirror.endless:
+            self.send_endless()
+            return
         if name not in mirror.files:
             self.send_error(404)
             return
         body = mirror.files[name]
+        if mirror.drip_headers:
+            head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            self.send_drip(head + body, mirror.drip)
+            return
         self.send_response(200)
         self.send_header("Content-Length", str(len(body) + mirror.extra_length))
         self.end_headers()
+        if mirror.drip:
+            self.send_drip(body, mirror.drip)
+            return
         if mirror.stall_after is not None:
             self.wfile.write(body[: mirror.stall_after])
             self.wfile.flush()
             self.server.release.wait(10)
             return
         self.wfile.write(body)
+
+    def send_drip(self, data: bytes, interval: float) -> None:
+        """Send `data` one byte at a time, `interval` seconds apart, for at most DRIP_FOR seconds."""
+        end = time.monotonic() + DRIP_FOR
+        try:
+            for i in range(len(data)):
+                if self.server.release.wait(interval) or time.monotonic() > end:
+                    return
+                self.wfile.write(data[i : i + 1])
+        finally:
+            self.server.done.set()
+
+    def send_endless(self) -> None:
+        """Send ENDLESS zero bytes with no Content-Length, counting what gets out before the client leaves."""
+        self.send_response(200)
+        self.end_headers()
+        block = bytes(64 << 10)
+        try:
+            while self.server.sent < ENDLESS:
+                self.wfile.write(block)
+                self.server.sent += len(block)
+        finally:
+            self.server.done.set()
 
     def log_message(self, format: str, *args: object) -> None:
         """No access log on the test output."""
@@ -150,10 +205,18 @@ def fetch_one(
     mirrors: list[str],
     cfg: DownloadParams | None = None,
     sleep: Callable[[float], None] = no_sleep,
+    log: Callable[[str], None] = lambda line: None,
+    name: str = TRAIN_IMAGES,
 ) -> list[str]:
-    """Fetch the training images into `out`; return the failures seen."""
+    """Fetch one file (the training images) into `out`; return the failures seen."""
     out.mkdir(exist_ok=True)
-    return fetch_file(TRAIN_IMAGES, EXPECTED[TRAIN_IMAGES], mirrors, out, cfg or config(), sleep)
+    return fetch_file(name, EXPECTED[name], mirrors, out, cfg or config(), sleep, log)
+
+
+def fetch_url(url: str, dest: Path, timeout: float, limit: int = 1 << 30, seconds: float = 60.0) -> str:
+    """download.fetch_to under a deadline of `seconds`."""
+    with download.Deadline(seconds) as deadline:
+        return download.fetch_to(url, dest, timeout, limit, deadline)
 
 
 def gz_url(server: LocalServer, mirror: str) -> str:
@@ -199,7 +262,8 @@ def test_only_missing_or_wrong_files_are_fetched(server: LocalServer, tmp_path: 
         (out / name).write_bytes(GOOD[name])
     (out / FILE_NAMES[3]).write_bytes(GOOD[FILE_NAMES[3]][:-1])  # a partial file from elsewhere
     (out / ".train-images-idx3-ubyte.abc123").mkdir()  # the temp dir of a killed run
-    (out / "stray.txt").write_text("not ours")
+    (out / ".t10k-images-idx3-ubyte.x_9").mkdir()  # another, with what it had written
+    (out / ".t10k-images-idx3-ubyte.x_9" / "download").write_bytes(b"partial")
     assert download_all(out, EXPECTED, [server.url("m1")], config(), log=lambda s: None) == []
     assert server.requests == [f"/m1/{FILE_NAMES[0]}.gz", f"/m1/{FILE_NAMES[3]}.gz"]
     assert_complete(out)
@@ -411,7 +475,7 @@ def test_interrupted_transfer_leaves_no_temp_dir(tmp_path: Path, monkeypatch: py
     (mirror / TRAIN_IMAGES).write_bytes(GOOD[TRAIN_IMAGES])
     out = tmp_path / "raw"
 
-    def interrupted(url: str, dest: Path, timeout: float) -> None:
+    def interrupted(url: str, dest: Path, *args: object) -> str:
         dest.write_bytes(b"partial")
         raise KeyboardInterrupt
 
@@ -492,9 +556,9 @@ def test_progress_bar_is_closed(server: LocalServer, tmp_path: Path, monkeypatch
     monkeypatch.setattr("sys.stderr", terminal)
     server.mirrors["m1"] = Mirror(gzipped(GOOD))
     server.mirrors["m2"] = Mirror(gzipped(GOOD), stall_after=10)
-    download.fetch_to(server.url("m1") + f"{TRAIN_IMAGES}.gz", tmp_path / "a", timeout=5)
+    fetch_url(server.url("m1") + f"{TRAIN_IMAGES}.gz", tmp_path / "a", timeout=5)
     with pytest.raises(FetchError, match="timed out"):
-        download.fetch_to(server.url("m2") + f"{TRAIN_IMAGES}.gz", tmp_path / "b", timeout=0.3)
+        fetch_url(server.url("m2") + f"{TRAIN_IMAGES}.gz", tmp_path / "b", timeout=0.3)
     assert len(bars) == 2 and all(bar.closed for bar in bars)
     assert bars[0].n == len(gzipped(GOOD)[f"{TRAIN_IMAGES}.gz"])
     assert TRAIN_IMAGES in terminal.getvalue()
@@ -504,19 +568,26 @@ def test_no_progress_bar_without_terminal(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr("sys.stderr", io.StringIO())
     src = tmp_path / "src"
     src.write_bytes(b"x" * 100)
-    download.fetch_to(src.as_uri(), tmp_path / "dest", timeout=1)
+    fetch_url(src.as_uri(), tmp_path / "dest", timeout=1)
     assert (tmp_path / "dest").read_bytes() == b"x" * 100
+
+
+def digest_table(entries: dict[str, object] | None = None) -> dict[str, object]:
+    """The tiny data set's digest table as JSON data, with `entries` added or replaced."""
+    table: dict[str, object] = {n: {"size": e.size, "sha256": e.sha256} for n, e in EXPECTED.items()}
+    return {**table, **(entries or {})}
 
 
 def test_digest_table_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert download.load_expected() is download.CANONICAL
     table = tmp_path / "digests.json"
-    table.write_text(json.dumps({"a": {"size": 3, "sha256": "abc"}}))
+    upper = {TRAIN_IMAGES: {"size": 3, "sha256": "AB" * 32}}
+    table.write_text(json.dumps(digest_table(upper)))
     monkeypatch.setenv(download.DIGESTS_ENV, str(table))
-    assert download.load_expected() == {"a": Expected(3, "abc")}
-    table.write_text(json.dumps({"a": {"sha256": "abc"}}))
-    message = f"download: $MNIST_DIGESTS={table} is not a readable digest table"
-    with pytest.raises(SystemExit, match=re.escape(message)):
+    assert download.load_expected() == {**EXPECTED, TRAIN_IMAGES: Expected(3, "ab" * 32)}
+    table.write_text("{not json")
+    message = f"$MNIST_DIGESTS={table} is not a readable digest table"
+    with pytest.raises(download.BadInput, match=re.escape(message)):
         download.load_expected()
 
 
@@ -531,3 +602,346 @@ def test_file_url() -> None:
     assert download.file_url("https://a.example/mnist", "x.gz") == "https://a.example/mnist/x.gz"
     assert download.file_url("https://a.example/mnist/", "x.gz") == "https://a.example/mnist/x.gz"
     assert download.file_url("/srv/my data", "x") == "file:///srv/my%20data/x"
+
+
+# --- the stage in process: exit status and its one line -----------------------------------------
+
+
+def run_main(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, list[str]]:
+    """Run the stage's main() in `project`; return its exit status and its stderr lines."""
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit) as exit:
+        download_stage.main()
+    return exit.value.code, capsys.readouterr().err.splitlines()
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root` with a file's content (None for a directory)."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def stage_project(project: Path, tiny_mirror: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project copy whose download stage would get the tiny data set from a local mirror."""
+    mirror, digests = tiny_mirror
+    monkeypatch.setenv(download.MIRROR_ENV, str(mirror))
+    monkeypatch.setenv(download.DIGESTS_ENV, str(digests))
+    return project
+
+
+# --- the digest table names the four files, nothing else ----------------------------------------
+
+
+@pytest.mark.parametrize("form", ["absolute", "relative"])
+def test_digest_table_cannot_name_a_path(
+    stage_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    form: str,
+) -> None:
+    sentinel = tmp_path / "outside" / "keep"
+    sentinel.mkdir(parents=True)
+    (sentinel / "precious.txt").write_text("mine")
+    name = str(sentinel) if form == "absolute" else "../../../outside/keep"  # from data/raw
+    table = tmp_path / "evil-digests.json"
+    table.write_text(json.dumps({name: {"size": 3, "sha256": "0" * 64}, **digest_table()}))
+    monkeypatch.setenv(download.DIGESTS_ENV, str(table))
+    code, lines = run_main(stage_project, monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"download: $MNIST_DIGESTS={table}: unknown file name {name!r}; it must map")
+    assert (sentinel / "precious.txt").read_text() == "mine"
+    assert not (stage_project / "data" / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ({k: v for k, v in digest_table().items() if k != TRAIN_LABELS}, f"no entry for {TRAIN_LABELS}"),
+        ([1, 2], "not a JSON object"),
+        (digest_table({TRAIN_IMAGES: {"size": 0, "sha256": "0" * 64}}), "size must be a positive integer"),
+        (digest_table({TRAIN_IMAGES: {"size": -5, "sha256": "0" * 64}}), "size must be a positive integer"),
+        (digest_table({TRAIN_IMAGES: {"size": 3.0, "sha256": "0" * 64}}), "size must be a positive integer"),
+        (digest_table({TRAIN_IMAGES: {"size": "3", "sha256": "0" * 64}}), "size must be a positive integer"),
+        (digest_table({TRAIN_IMAGES: {"size": True, "sha256": "0" * 64}}), "size must be a positive integer"),
+        (digest_table({TRAIN_IMAGES: {"size": 3, "sha256": "abc"}}), "sha256 must be 64 hex digits, got 'ab"),
+        (digest_table({TRAIN_IMAGES: {"size": 3, "sha256": "g" * 64}}), "sha256 must be 64 hex digits"),
+        (digest_table({TRAIN_IMAGES: {"size": 3}}), 'not {"size": N, "sha256": "..."}'),
+    ],
+    ids=["missing-name", "list", "zero", "negative", "float", "string", "bool", "short-sha", "not-hex",
+         "no-sha"],
+)
+def test_bad_digest_table_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: object, problem: str
+) -> None:
+    path = tmp_path / "digests.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv(download.DIGESTS_ENV, str(path))
+    with pytest.raises(download.BadInput) as refused:
+        download.load_expected()
+    assert problem in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_download_all_uses_only_the_four_names(tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    with pytest.raises(download.BadInput, match="must name exactly"):
+        download_all(out, {"../x": EXPECTED[TRAIN_IMAGES]}, [], config(), log=lambda s: None)
+    assert not out.exists()
+
+
+# --- data/raw: the stage deletes nothing it did not write ----------------------------------------
+
+
+def test_users_file_in_raw_is_kept_and_the_stage_refuses(
+    stage_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = stage_project / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "notes.txt").write_text("where these files came from")
+    (raw / TRAIN_LABELS).write_bytes(GOOD[TRAIN_LABELS])
+    (raw / f".{TRAIN_IMAGES}.abcd1234").mkdir()  # a leftover of ours: still not touched while refusing
+    before = snapshot(raw)
+    code, lines = run_main(stage_project, monkeypatch, capsys)
+    assert code == 1 and lines == [
+        "download: data/raw/notes.txt is not a file this stage writes: move it out of data/raw and run again"
+        " (DVC deletes data/raw before running this stage, so nothing else belongs there)"
+    ]
+    assert snapshot(raw) == before
+
+
+@pytest.mark.parametrize(
+    ("mirror", "files_in"),
+    [
+        ("data/raw", "data/raw"),
+        ("data/raw/", "data/raw"),
+        ("absolute", "data/raw"),
+        ("file-url", "data/raw"),
+        ("data/raw/mnist", "data/raw/mnist"),  # inside data/raw
+        ("data", "data"),  # data/raw inside the mirror
+    ],
+)
+def test_mirror_overlapping_raw_is_refused(
+    stage_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    mirror: str, files_in: str,
+) -> None:
+    raw = stage_project / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "notes.txt").write_text("the user's notes")
+    for name, data in gzipped(GOOD).items():  # put there by hand
+        (stage_project / files_in).mkdir(parents=True, exist_ok=True)
+        (stage_project / files_in / name).write_bytes(data)
+    given = {"absolute": str(raw), "file-url": raw.as_uri()}.get(mirror, mirror)
+    monkeypatch.setenv(download.MIRROR_ENV, given)
+    before = snapshot(stage_project / "data")
+    code, lines = run_main(stage_project, monkeypatch, capsys)
+    assert code == 2 and lines == [
+        f"download: mirror {given} is data/raw or overlaps it, and DVC deletes data/raw before running this"
+        " stage, which would destroy the files: put them in a directory outside data/raw and point"
+        " $MNIST_MIRROR there"
+    ]
+    assert snapshot(stage_project / "data") == before
+
+
+def test_mirror_of_another_scheme_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(download.BadInput, match="not a directory, a file:// URL or an http"):
+        download_all(tmp_path / "raw", EXPECTED, ["ftp://127.0.0.1:9/mnist/"], config(), log=lambda s: None)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_raw_is_a_file(
+    stage_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = stage_project / "data" / "raw"
+    raw.parent.mkdir()
+    raw.write_text("a file, not a directory")
+    code, lines = run_main(stage_project, monkeypatch, capsys)
+    assert code == 1 and lines == [
+        "download: data/raw is a file, not a directory: move it elsewhere (this stage writes"
+        " the four MNIST files into a directory data/raw) and run again"
+    ]
+    assert raw.read_text() == "a file, not a directory"
+
+
+# --- bounds: size and time -----------------------------------------------------------------------
+
+
+def test_endless_server_is_stopped_at_the_bound(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(endless=True)
+    out = tmp_path / "raw"
+    limit = EXPECTED[TRAIN_IMAGES].size + download.GZIP_SLACK
+    assert fetch_one(out, [server.url("m1")]) == [
+        f"{server.url('m1')}: {gz_url(server, 'm1')} sends more than {limit} bytes, more than the file can be"
+        " (its size plus gzip framing) (after 1 attempt)"
+    ]
+    assert server.done.wait(10)
+    assert server.sent < ENDLESS // 4  # what got out before the client left: socket buffers, no more
+    assert_clean(out)
+
+
+def test_too_large_local_file_is_not_read(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    big = mirror / f"{TRAIN_IMAGES}.gz"
+    big.write_bytes(bytes(EXPECTED[TRAIN_IMAGES].size + download.GZIP_SLACK + 1))
+    failures = fetch_one(tmp_path / "raw", [str(mirror)])
+    assert len(failures) == 1 and f"{big.as_uri()} sends more than" in failures[0], failures
+    assert_clean(tmp_path / "raw")
+
+
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
+def test_slow_drip_is_cut_off_by_the_deadline(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, headers: bool
+) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD), drip=0.2, drip_headers=headers)
+    monkeypatch.setattr(download, "attempt_deadline", lambda timeout: 1.0)
+    out = tmp_path / "raw"
+    start = time.monotonic()
+    assert fetch_one(out, [server.url("m1")], config(timeout=2.0)) == [
+        f"{server.url('m1')}: {gz_url(server, 'm1')} not complete after 1 s, the limit for one attempt"
+        " (after 1 attempt)"
+    ]
+    assert time.monotonic() - start < 3
+    assert_clean(out)
+
+
+def test_attempt_deadline() -> None:
+    assert download.attempt_deadline(30) == 600
+    assert download.attempt_deadline(120) == 1200
+
+
+# --- redirects -----------------------------------------------------------------------------------
+
+
+def test_http_redirect_is_followed_and_logged(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(redirect=server.url("m2") + "{name}")
+    server.mirrors["m2"] = Mirror(gzipped(GOOD))
+    out = tmp_path / "raw"
+    logged: list[str] = []
+    assert fetch_one(out, [server.url("m1")], log=logged.append) == []
+    assert logged == [f"download: {gz_url(server, 'm1')} redirected to {gz_url(server, 'm2')}"]
+    assert_complete(out, (TRAIN_IMAGES,))
+
+
+@pytest.mark.parametrize("scheme", ["file", "ftp"])
+def test_redirect_to_another_scheme_is_refused(server: LocalServer, tmp_path: Path, scheme: str) -> None:
+    local = tmp_path / "elsewhere"
+    local.mkdir()
+    for name, data in gzipped(GOOD).items():
+        (local / name).write_bytes(data)
+    target = local.as_uri() + "/{name}" if scheme == "file" else "ftp://127.0.0.1:9/{name}"
+    server.mirrors["m1"] = Mirror(redirect=target)
+    out = tmp_path / "raw"
+    assert fetch_one(out, [server.url("m1")]) == [
+        f"{server.url('m1')}: {gz_url(server, 'm1')} redirects to {target.format(name=TRAIN_IMAGES + '.gz')}:"
+        " only redirects to http(s) URLs are followed (after 1 attempt)"
+    ]
+    assert_clean(out)
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "problem"),
+    [
+        ("https://a.example/x", "http://b.example/x", "a redirect from https down to http is refused"),
+        ("https://a.example/x", "https://b.example/x", None),
+        ("http://a.example/x", "https://b.example/x", None),
+        ("http://a.example/x", "http://b.example/x", None),
+        ("http://a.example/x", "file:///etc/passwd", "only redirects to http(s) URLs are followed"),
+        ("https://a.example/x", "ftp://b.example/x", "only redirects to http(s) URLs are followed"),
+        ("https://a.example/x", "data:,hello", "only redirects to http(s) URLs are followed"),
+    ],
+)
+def test_redirect_decision(source: str, target: str, problem: str | None) -> None:
+    assert download.redirect_problem(source, target) == problem
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_redirect_handler_refuses_https_to_http(code: int) -> None:
+    handler = download.SafeRedirects()
+    request = urllib.request.Request("https://a.example/mnist/x.gz")
+    respond = getattr(handler, f"http_error_{code}")
+    with pytest.raises(FetchError, match="redirects to http://b.example/x.gz: a redirect from https down"):
+        respond(request, io.BytesIO(), code, "Moved", {"location": "http://b.example/x.gz"})
+
+
+# --- the local disk: its errors are its own, not the mirror's --------------------------------------
+
+
+def full_disk(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    """Make every file named `target` that the code opens for writing land on /dev/full (ENOSPC)."""
+    real_open = Path.open
+
+    def open_(self: Path, mode: str = "r", *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        if "w" in mode and self.name == target:
+            return real_open(Path("/dev/full"), mode, *args, **kwargs)
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_)
+
+
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+
+
+@needs_dev_full
+@pytest.mark.parametrize("target", ["download", "content"])  # the temp files, as received and verified
+@pytest.mark.parametrize("name", [TRAIN_IMAGES, TRAIN_LABELS])  # written at once / only at flush
+def test_disk_full_is_reported_as_itself_and_not_retried(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, name: str
+) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD))
+    server.mirrors["m2"] = Mirror(gzipped(GOOD))
+    full_disk(monkeypatch, target)
+    out = tmp_path / "raw"
+    with pytest.raises(download.LocalError) as failed:
+        fetch_one(out, [server.url("m1"), server.url("m2")], config(retries=3), name=name)
+    pattern = rf"cannot write {re.escape(str(out))}/\.{name}\.[a-z0-9_]+/{target}: No space left on device"
+    assert re.fullmatch(pattern + "; free some disk space and run again", str(failed.value)), failed.value
+    assert server.requests == [f"/m1/{name}.gz"]  # one attempt, no other mirror
+    assert_clean(out)
+
+
+@needs_dev_full
+def test_disk_full_stage_says_one_line(
+    stage_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full_disk(monkeypatch, "content")
+    code, lines = run_main(stage_project, monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1, lines
+    temp = rf"data/raw/\.{TRAIN_IMAGES}\.[a-z0-9_]+"
+    pattern = rf"download: cannot write {temp}/content: No space left on device; .*"
+    assert re.fullmatch(pattern, lines[0]) and "MNIST_MIRROR" not in lines[0], lines
+    assert list((stage_project / "data" / "raw").iterdir()) == []
+
+
+def test_permission_error_is_reported_as_itself_and_not_retried(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD))
+    real_open = Path.open
+
+    def denied(self: Path, mode: str = "r", *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        if "w" in mode:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    out = tmp_path / "raw"
+    message = r"cannot write .*/download: Permission denied; make it writable"
+    with pytest.raises(download.LocalError, match=message):
+        fetch_one(out, [server.url("m1")], config(retries=3))
+    assert server.count("m1") == 0  # the output could not even be opened: the mirror was never asked
+    assert_clean(out)
+
+
+def test_permission_error_in_raw_stage_says_one_line(
+    stage_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (stage_project / "data" / "raw").mkdir(parents=True)
+
+    def denied(*args: object, **kwargs: object) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)  # the temp dir in data/raw (root ignores chmod)
+    code, lines = run_main(stage_project, monkeypatch, capsys)
+    assert code == 1 and lines == [
+        "download: cannot create a temporary directory in data/raw: Permission denied;"
+        " make it writable for this user and run again"
+    ]
