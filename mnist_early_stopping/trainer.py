@@ -258,6 +258,8 @@ class Trainer:
                 optimizer=keras.optimizers.Adam(self.cfg.learning_rate),
                 loss="sparse_categorical_crossentropy", metrics=["accuracy"],
             )
+            # Built, so the file holds the optimiser's (fresh) slots and loads without a warning.
+            self.model.optimizer.build(self.model.trainable_variables)
         tmp = path.with_name(f".{path.stem}.tmp.keras")
         self.model.save(tmp)
         if provenance is not None:  # Keras reads only its own members of the archive

@@ -296,7 +296,7 @@ def test_experiment_run_and_queue(repo: Repo):
         assert time.monotonic() < deadline, f"queued experiments did not finish:\n{status}"
         time.sleep(2)
     assert "Failed" not in status, status
-    assert "patience" in repo.run("dvc", "exp", "show").stdout
+    assert "patience" in repo.run(*EXP_SHOW_COLUMNS, env=dict(repo.env, COLUMNS="120")).stdout
     shown = json.loads(repo.run("dvc", "exp", "show", "--json").stdout)
     by_patience = {}
     for commit in shown:

@@ -109,7 +109,8 @@ KERAS_CHECK = (
     "model = keras.saving.load_model(sys.argv[1])\n"
     "data = np.load(sys.argv[3])\n"
     "x, y = data['images'].astype('float32') / 255, data['labels'].astype('int32')\n"
-    "served = tf.saved_model.load(sys.argv[2]).serve(x).numpy()\n"
+    "saved = tf.saved_model.load(sys.argv[2])\n"
+    "served = saved.serve(x).numpy()\n"
     "ours = model.predict(x, verbose=0)\n"
     "assert np.array_equal(ours.argmax(1), served.argmax(1)), 'argmax differs'\n"
     "assert np.abs(ours - served).max() < 1e-5, np.abs(ours - served).max()\n"
@@ -128,6 +129,7 @@ def assert_keras_file_fine_tunes_and_matches_the_savedmodel(project: Path, env: 
             cwd="/", env=env, capture_output=True, text=True, timeout=300,
         )
         assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
+        assert "Skipping variable loading" not in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.slow
