@@ -1,8 +1,9 @@
 """Train stage: early stopping on validation, the best network saved on every improvement, resumable.
 
 Reads the train and validation splits; writes models/{best,final,initial}
-(SavedModels), models/kernels.npz, models/model.json, metrics/train.json and
-metrics/history.csv. Run it on every worker of a multi_worker cluster.
+(SavedModels, and .keras files), models/kernels.npz, models/model.json,
+metrics/train.json and the curves in metrics/live/ (DVCLive, at every
+evaluation). Run it on every worker of a multi_worker cluster.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 
 from mnist_early_stopping import params
+from mnist_early_stopping.cli import run_main
 from mnist_early_stopping.tf_runtime import import_tensorflow
 from mnist_early_stopping.training import train
 
@@ -23,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main("train", main))
