@@ -317,8 +317,8 @@ def test_experiment_run_and_queue(repo: Repo):
 
 
 EXP_SHOW_COLUMNS = (
-    "dvc", "exp", "show", "--no-pager", "--only-changed", "--drop", ".*", "--keep",
-    "Experiment|patience|best_iteration|stopped_iteration|best_validation_accuracy|best.accuracy|final.accuracy",
+    "dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep",
+    "Experiment|train.patience|best_iteration|stopped_iteration|best.accuracy|final.accuracy",
     "--sort-by", "best.accuracy",
 )
 
@@ -328,7 +328,7 @@ def test_exp_show_with_the_documented_columns_fits_a_terminal(repo: Repo):
     table = repo.run(*EXP_SHOW_COLUMNS, env=env).stdout
     lines = [line for line in table.splitlines() if line.strip()]
     assert max(len(line) for line in lines) <= 120, table
-    for column in ("patience", "best_iteration", "stopped_iteration", "best.accuracy", "final.accuracy"):
+    for column in ("train.patience", "best_iteration", "stopped_iteration", "best.accuracy", "final.accuracy"):
         assert column in table, table
     assert "…" not in table.replace("Experiment", ""), table
 
