@@ -12,11 +12,13 @@ from types import ModuleType
 
 # TensorFlow's C++ code writes these through absl before absl::InitializeLog()
 # has run, so TF_CPP_MIN_LOG_LEVEL does not reach them and no environment
-# variable does. Only info lines and the CUDA start-up failure of a machine
-# without a CUDA driver are matched: warnings and errors all pass.
+# variable does. Matched: absl's preamble to them, two info lines, and cuInit's
+# failure once no CUDA driver was found; every other warning and error passes.
 _INFO = r"(?:I\d{4} \S+ +\d+ |\d{4}-\d\d-\d\d \S+: I )(?:\S*/)?"
 _ERROR = r"(?:E\d{4} \S+ +\d+ |\d{4}-\d\d-\d\d \S+: E )(?:\S*/)?"
-ABSL_PREAMBLE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$")
+ABSL_PREAMBLE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+)
 ONEDNN_NOTICE = re.compile(_INFO + r"port\.cc:\d+\] oneDNN custom operations are on\. ")
 NO_CUDA_DRIVER = re.compile(
     _INFO + r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\.$"

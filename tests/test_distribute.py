@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import socket
@@ -11,21 +12,51 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 from mnist_early_stopping.distribute import Task, task_from_tf_config
+from mnist_early_stopping.early_stopping import EarlyStopping
 from tests.conftest import TINY_PARAMS, copy_project, read_curves, run_stage, stage_env, write_params
 from tests.test_train import kill_after_checkpoint
 from tests.tiny_mnist import write_mirror
 
-# The sum of two half-batch gradients differs from the whole batch's gradient
-# only by float rounding (~1e-7 relative). Observed on tiny data: the same
-# best and stop iterations and the same validation accuracy at every
-# evaluation, validation losses within ~1e-7. Iterations must match exactly;
-# accuracies may differ by two of the 100 validation images (rounding could
-# tip a borderline image on another CPU), losses by 1e-4.
-ACCURACY_TOLERANCE = 2 / 100
-LOSS_TOLERANCE = 1e-4
+# How close a distributed run must stay to the single-device run, on any x86
+# CPU (AVX2 only, AVX-512, AMX) and any thread count.
+#
+# Equal exactly: the iterations evaluated, and the stopping rule, which each
+# run must apply to its own curves. The batches (a pure function of seed and
+# iteration, split between the replicas) are checked through the first update.
+#
+# Equal within rounding: the first update. Splitting a batch between replicas
+# only reorders float additions (~1e-7 relative in the gradient), and Adam's
+# first step moves each weight by lr * g / (|g| + 3.2e-6), about +-lr, so a
+# rounding of g hardly shows. Measured on the tiny data, natively on AVX-512
+# and with oneDNN limited to AVX2, with 1 and 2 threads: conv kernels within
+# 1.5e-7 after one update, where a learning rate 1% larger moves them by 2e-5
+# and a wrong batch by about lr.
+#
+# Equal within a tolerance that grows: everything after. Training on the tiny
+# data is chaotic: one rounding difference grows ~100-3000x per 20 iterations
+# while the network learns fast (iterations 40 to 120). One that appeared
+# between iterations 20 and 40 was 2.6e-5 in validation loss at 40, 2.2e-3 at
+# 60 (28 against 26 of the 100 validation images right) and 6.7e-3 at 100; it
+# then stops growing at the spread of equally good runs and shrinks to ~1e-3
+# once they converge. When it starts depends on the CPU's vector width and the
+# number of threads (after iteration 60 on some, before 40 on others), not on
+# a bug. So the first evaluation (iteration 20), where even a difference from
+# the first step has grown to ~1e-4 at most, is compared tightly, and later
+# ones loosely: 2.5x and 7x the largest differences measured, where a learning
+# rate 10% larger is up to 21 images off. Accuracies are compared as counts of
+# images, since 0.28 - 0.26 > 0.02 in floats.
+FIRST_UPDATE_TOLERANCE = 1e-3  # of the learning rate, for every weight
+FIRST_UPDATE_LOSS_RTOL = 1e-5
+FIRST_EVALUATION_IMAGES, FIRST_EVALUATION_LOSS = 1, 1e-3
+LATER_IMAGES, LATER_LOSS, LATER_LOSS_RTOL = 5, 0.02, 0.1
+VALIDATION_SIZE = TINY_PARAMS["split"]["validation_size"]
+MONITORED = ("train_batch_loss", "validation_loss", "validation_accuracy")
+ONE_STEP = {"train": {"max_iterations": 1, "eval_every": 1}}
 
 LOAD_AND_SERVE = (
     "import sys, numpy as np, tensorflow as tf\n"
@@ -118,17 +149,65 @@ def copy_reference(single: tuple[Path, dict[str, str]], name: str, distribute: s
     return project
 
 
+def images(accuracy: float | str, total: int = VALIDATION_SIZE) -> int:
+    """An accuracy as the number of images right."""
+    return round(float(accuracy) * total)
+
+
+def assert_stops_follow_from_curves(project: Path) -> dict:
+    """Evaluations every eval_every iterations, and the stop the stopping rule gives on the run's curves."""
+    cfg = yaml.safe_load((project / "params.yaml").read_text())["train"]
+    metrics = json.loads((project / "metrics/train.json").read_text())
+    rows = history(project)
+    stopped = int(rows[-1]["iteration"])
+    every = cfg["eval_every"]
+    assert [int(r["iteration"]) for r in rows] == list(range(every, stopped + 1, every))
+    stopper = EarlyStopping(cfg["monitor"], cfg["patience"], cfg["min_delta"], cfg["max_iterations"])
+    for row in rows:
+        assert stopper.stop_reason is None, f"evaluated on after the stop at {stopper.best_iteration}"
+        stopper.update(int(row["iteration"]), {k: float(row[k]) for k in MONITORED})
+    replayed = (stopper.best_iteration, stopped, stopper.stop_reason)
+    assert replayed == (metrics["best_iteration"], metrics["stopped_iteration"], metrics["stop_reason"])
+    return metrics
+
+
 def assert_same_training(project: Path, reference: Path) -> None:
-    """Same iterations as the reference run; accuracies and losses within the stated tolerances."""
-    ours, theirs = (json.loads((p / "metrics/train.json").read_text()) for p in (project, reference))
-    for key in ("best_iteration", "stopped_iteration", "stop_reason"):
-        assert ours[key] == theirs[key], key
-    assert abs(ours["best_validation_accuracy"] - theirs["best_validation_accuracy"]) <= ACCURACY_TOLERANCE
-    rows, reference_rows = history(project), history(reference)
-    assert [r["iteration"] for r in rows] == [r["iteration"] for r in reference_rows]
-    for row, ref in zip(rows, reference_rows):
-        assert abs(float(row["validation_accuracy"]) - float(ref["validation_accuracy"])) <= ACCURACY_TOLERANCE
-        assert abs(float(row["validation_loss"]) - float(ref["validation_loss"])) <= LOSS_TOLERANCE
+    """Each run's stops follow from its curves; the curves agree tightly first, loosely after (see above)."""
+    ours, theirs = assert_stops_follow_from_curves(project), assert_stops_follow_from_curves(reference)
+    # Best and stop iterations may be neighbouring evaluations: each run takes them from its own curves.
+    assert ours["stop_reason"] == theirs["stop_reason"]
+    best, reference_best = (images(m["best_validation_accuracy"]) for m in (ours, theirs))
+    assert abs(best - reference_best) <= LATER_IMAGES
+    for i, (row, ref) in enumerate(zip(history(project), history(reference))):
+        assert row["iteration"] == ref["iteration"]
+        images_apart = abs(images(row["validation_accuracy"]) - images(ref["validation_accuracy"]))
+        loss, ref_loss = float(row["validation_loss"]), float(ref["validation_loss"])
+        if i == 0:
+            assert images_apart <= FIRST_EVALUATION_IMAGES, row
+            assert abs(loss - ref_loss) <= FIRST_EVALUATION_LOSS, (row, ref)
+        else:
+            assert images_apart <= LATER_IMAGES, (row, ref)
+            assert abs(loss - ref_loss) <= LATER_LOSS + LATER_LOSS_RTOL * ref_loss, (row, ref)
+
+
+def assert_same_first_update(project: Path, reference: Path) -> None:
+    """One training step from the same weights: the same weights and losses within rounding (see above)."""
+    tolerance = FIRST_UPDATE_TOLERANCE * TINY_PARAMS["train"]["learning_rate"]
+    with np.load(project / "models/kernels.npz") as ours, np.load(reference / "models/kernels.npz") as theirs:
+        assert sorted(ours.files) == sorted(theirs.files)
+        for name in ours.files:
+            if name.endswith("_initial"):
+                assert np.array_equal(ours[name], theirs[name]), name
+            else:
+                np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=tolerance, err_msg=name)
+        assert not np.array_equal(ours["conv1_final"], ours["conv1_initial"]), "the step moved no weight"
+    (row,), (ref,) = history(project), history(reference)
+    assert row["iteration"] == ref["iteration"] == "1"
+    for loss in ("train_batch_loss", "validation_loss"):
+        assert math.isclose(float(row[loss]), float(ref[loss]), rel_tol=FIRST_UPDATE_LOSS_RTOL), (row, ref)
+    batch = TINY_PARAMS["train"]["batch_size"]
+    assert abs(images(row["train_batch_accuracy"], batch) - images(ref["train_batch_accuracy"], batch)) <= 1
+    assert abs(images(row["validation_accuracy"]) - images(ref["validation_accuracy"])) <= 1
 
 
 def served_accuracy(project: Path, env: dict[str, str]) -> float:
@@ -142,6 +221,7 @@ def served_accuracy(project: Path, env: dict[str, str]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_mirrored_on_two_logical_cpus_resumes_and_matches_a_single_device(single):
     reference, env = single
     project = copy_reference(single, "mirrored", "mirrored")
@@ -149,13 +229,13 @@ def test_mirrored_on_two_logical_cpus_resumes_and_matches_a_single_device(single
     kill_after_checkpoint(project, env)
     out = run_stage(project, "train", env).stdout
     assert "train: resuming from the checkpoint at iteration" in out
-    assert out.count(iteration_line(reference)) == 1
+    assert out.count(iteration_line(project)) == 1
     assert "No improvement found in a while, stopping optimization." in out
     metrics = json.loads((project / "metrics/train.json").read_text())
     assert (metrics["replicas"], metrics["strategy"]) == (2, "MirroredStrategy")
     assert json.loads((reference / "metrics/train.json").read_text())["replicas"] == 1
     assert_same_training(project, reference)
-    assert abs(served_accuracy(project, env) - metrics["best_validation_accuracy"]) <= 1 / 100
+    assert abs(images(served_accuracy(project, env)) - images(metrics["best_validation_accuracy"])) <= 1
 
 
 @pytest.mark.slow
@@ -215,18 +295,27 @@ def wait_for_line(procs: list[subprocess.Popen], log: Path, prefix: str, timeout
         time.sleep(0.05)
 
 
-@pytest.mark.slow
-def test_two_local_workers_stop_together_resume_and_only_the_chief_writes(single, tmp_path):
-    reference, env = single
-    project = copy_reference(single, "multi_worker", "multi_worker")
-    # Worker 1 runs in a view of the same project (links to its code, params
-    # and data), so anything it wrote would land here, apart, and be seen.
+def worker_view(project: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Worker 1's view of the project and its private TMPDIR.
+
+    The view links to the project's code, params and data, so anything worker
+    1 wrote would land there, apart, and be seen.
+    """
     view = tmp_path / "worker1"
     view.mkdir()
     for name in ("stages", "mnist_early_stopping", "data", "params.yaml", "dvc.yaml"):
         (view / name).symlink_to(project / name)
     private_tmp = tmp_path / "worker1-tmp"
     private_tmp.mkdir()
+    return view, private_tmp
+
+
+@pytest.mark.slow
+@pytest.mark.numerics
+def test_two_local_workers_stop_together_resume_and_only_the_chief_writes(single, tmp_path):
+    reference, env = single
+    project = copy_reference(single, "multi_worker", "multi_worker")
+    view, private_tmp = worker_view(project, tmp_path)
     logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
 
     # SIGTERM to worker 1 only: both stop at the same evaluation, the chief saves a checkpoint.
@@ -262,4 +351,37 @@ def test_two_local_workers_stop_together_resume_and_only_the_chief_writes(single
     assert_same_training(project, reference)
     assert sorted(p.name for p in view.iterdir()) == ["data", "dvc.yaml", "mnist_early_stopping", "params.yaml", "stages"]
     assert list(private_tmp.iterdir()) == [], "worker 1's private checkpoints are removed"
-    assert abs(served_accuracy(project, env) - metrics["best_validation_accuracy"]) <= 1 / 100
+    assert abs(images(served_accuracy(project, env)) - images(metrics["best_validation_accuracy"])) <= 1
+
+
+@pytest.fixture(scope="module")
+def one_step_reference(single) -> Path:
+    """The reference project trained for one iteration on a single device."""
+    project = copy_reference(single, "one-step-none", "none")
+    write_params(project, ONE_STEP)
+    run_stage(project, "train", single[1])
+    return project
+
+
+@pytest.mark.slow
+@pytest.mark.numerics
+@pytest.mark.parametrize("distribute", ["mirrored", "multi_worker"])
+def test_the_first_update_matches_a_single_device_within_rounding(
+    single, one_step_reference, distribute, tmp_path
+):
+    project = copy_reference(single, f"one-step-{distribute}", distribute)
+    write_params(project, ONE_STEP)
+    env = single[1]
+    if distribute == "mirrored":
+        run_stage(project, "train", dict(env, TRAIN_LOGICAL_CPUS="2"))
+    else:
+        view, private_tmp = worker_view(project, tmp_path)
+        logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
+        procs = start_workers((project, view), env, private_tmp, logs)
+        try:
+            wait_for_all(procs)
+        finally:
+            stop_all(procs)
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(log.read_text() for log in logs)
+    assert json.loads((project / "metrics/train.json").read_text())["replicas"] == 2
+    assert_same_first_update(project, one_step_reference)
