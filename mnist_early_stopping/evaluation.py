@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mnist_early_stopping.atomic import write_atomic, write_json
-from mnist_early_stopping.data import load_split
+from mnist_early_stopping.atomic import json_bytes, prepare_file, write_files
+from mnist_early_stopping.data import load_split, load_train_metrics
 from mnist_early_stopping.layout import (
     BEST_KERAS, BEST_MODEL, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, NUM_CLASSES, PER_CLASS,
     PREDICTIONS, TEST_METRICS, TRAIN_METRICS,
@@ -22,6 +21,11 @@ NETWORK_FILES = {
     "savedmodel": {"best": BEST_MODEL, "final": FINAL_MODEL, "initial": INITIAL_MODEL},
     "keras": {"best": BEST_KERAS, "final": FINAL_KERAS, "initial": INITIAL_KERAS},
 }
+
+# What the stage writes: all three, or none of them.
+OUTPUTS = (PREDICTIONS, PER_CLASS, TEST_METRICS)
+# What the stage reads from metrics/train.json.
+TRAIN_KEYS = ("best_validation_accuracy", "best_iteration", "stopped_iteration")
 
 # Accuracy is correct / total; anything beyond float rounding means a different network.
 RESTORE_TOLERANCE = 1e-9
@@ -120,16 +124,6 @@ def load_labelled(name: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64)
 
 
-def load_train_metrics() -> dict[str, Any]:
-    """metrics/train.json, written by the train stage."""
-    try:
-        return json.loads(TRAIN_METRICS.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SystemExit(
-            f"evaluate: {TRAIN_METRICS} not found; run the train stage first (dvc repro train)"
-        ) from None
-
-
 def load_stage_network(path: Path, batch_size: int) -> Network:
     """A network the train stage wrote, or exit 1 with one line saying how to make it."""
     try:
@@ -140,7 +134,9 @@ def load_stage_network(path: Path, batch_size: int) -> Network:
 
 def evaluate(batch_size: int, load_from: str = "savedmodel") -> None:
     """Check the restored best network, score all three networks on the test set, write the outputs."""
-    train_metrics = load_train_metrics()
+    for path in OUTPUTS:  # a directory in the way fails now, not after the scoring
+        prepare_file(path)
+    train_metrics = load_train_metrics("evaluate", TRAIN_KEYS)
     validation_images, validation_labels = load_labelled("validation")
     test_images, test_labels = load_labelled("test")
     files = NETWORK_FILES[load_from]
@@ -174,7 +170,10 @@ def evaluate(batch_size: int, load_from: str = "savedmodel") -> None:
         print(accuracy_line(label, results[key]["correct"], results[key]["total"]))
     print(format_confusion(confusion(test_labels, best_probabilities.argmax(axis=1))))
 
-    with write_atomic(PREDICTIONS, "w") as f:
-        f.write(predictions_csv(test_labels, best_probabilities))
-    write_json(PER_CLASS, {name: results[name].pop("per_class") for name in ("best", "final")})
-    write_json(TEST_METRICS, results)
+    per_class = {name: results[name].pop("per_class") for name in ("best", "final")}
+    # Everything computed: the three files replace the old ones together, or none does.
+    write_files({
+        PREDICTIONS: predictions_csv(test_labels, best_probabilities).encode("utf-8"),
+        PER_CLASS: json_bytes(per_class),
+        TEST_METRICS: json_bytes(results),
+    })

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from mnist_early_stopping.data import load_split
-from mnist_early_stopping.layout import (
-    CURVES, KERNELS, NUM_CLASSES, PREDICTIONS, TRAIN_METRICS, curve_path, split_path,
-)
+from mnist_early_stopping.data import NPZ_ERRORS, first_line, load_split, load_train_metrics
+from mnist_early_stopping.layout import CURVES, KERNELS, NUM_CLASSES, PREDICTIONS, curve_path, split_path
 from mnist_early_stopping.model_files import conv_layer_names, read_kernels
 
 # Figure sizes in inches are fixed, so pixel sizes depend on plots.dpi only.
@@ -38,6 +35,10 @@ def read_csv(path: Path, columns: tuple[str, ...], stage: str, delimiter: str = 
             data = np.loadtxt(f, delimiter=delimiter, ndmin=2)
     except FileNotFoundError:
         raise SystemExit(f"plots: {path} not found; run `dvc repro {stage}` first") from None
+    except (OSError, ValueError) as e:
+        raise SystemExit(
+            f"plots: {path} is not a table of numbers ({first_line(e)}); re-run `dvc repro {stage}`"
+        ) from None
     return {c: data[:, header.index(c)] for c in columns}
 
 
@@ -45,11 +46,15 @@ def load_inputs() -> dict[str, Any]:
     """Everything the figures show, read from the earlier stages' outputs."""
     images, labels = load_split("test", "plots")
     labels = labels.astype(np.int64)
+    train_metrics = load_train_metrics("plots", ("best_iteration", "stopped_iteration"))
     try:
         kernels = read_kernels(KERNELS)
-        train_metrics = json.loads(TRAIN_METRICS.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise SystemExit(f"plots: {e.filename} not found; run `dvc repro` to make it first") from None
+    except FileNotFoundError:
+        raise SystemExit(f"plots: {KERNELS} not found; run the train stage first (dvc repro train)") from None
+    except NPZ_ERRORS as e:
+        raise SystemExit(
+            f"plots: {KERNELS} is truncated or corrupt ({first_line(e)}); re-run the train stage: dvc repro train"
+        ) from None
     predictions = read_csv(PREDICTIONS, ("actual", "predicted", "confidence"), "evaluate")
     actual, predicted = predictions["actual"].astype(np.int64), predictions["predicted"].astype(np.int64)
     if not np.array_equal(actual, labels):

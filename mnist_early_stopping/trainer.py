@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_early_stopping import params
-from mnist_early_stopping.atomic import replace_dir
+from mnist_early_stopping.atomic import keras_temp, replace_dir
 from mnist_early_stopping.distribute import from_chief, is_multi_worker, max_over_workers
 from mnist_early_stopping.layout import PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
 from mnist_early_stopping.model import build_model, conv_kernels
@@ -173,7 +173,7 @@ class Trainer:
         return {"validation_accuracy": correct / n, "validation_loss": loss / n}
 
     def _save_weights_atomically(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.stem}.tmp.weights.h5")
+        tmp = keras_temp(path, ".weights.h5")  # an interrupted save's leftover removed first
         self.model.save_weights(tmp)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
@@ -260,7 +260,7 @@ class Trainer:
             )
             # Built, so the file holds the optimiser's (fresh) slots and loads without a warning.
             self.model.optimizer.build(self.model.trainable_variables)
-        tmp = path.with_name(f".{path.stem}.tmp.keras")
+        tmp = keras_temp(path, ".keras")
         self.model.save(tmp)
         if provenance is not None:  # Keras reads only its own members of the archive
             with zipfile.ZipFile(tmp, "a") as archive:

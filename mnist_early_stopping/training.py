@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mnist_early_stopping import distribute, params
 from mnist_early_stopping.atomic import write_json
@@ -110,6 +110,24 @@ def prepare_checkpoint_dir(manifest: dict[str, Any], fresh: bool = False) -> boo
     shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
     write_json(manifest_path, manifest)
     return False
+
+
+@contextlib.contextmanager
+def checkpoint_writes(directory: Path) -> Iterator[None]:
+    """Turn a failed write in the checkpoint directory (read-only, full) into one line and exit 1."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as e:  # h5py raises OSError, TensorFlow's checkpoints OpError
+        if isinstance(e, OSError) and e.errno:
+            reason = os.strerror(e.errno)
+        else:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SystemExit(
+            f"train: cannot write in {directory}: {reason}; make it writable and free some space, then run the "
+            "stage again"
+        ) from None
 
 
 class StopRequest:
@@ -198,7 +216,8 @@ def sinks(runner: Trainer, state: LoopState, progress: ProgressSink | None) -> l
     def save_best(row: Row) -> None:
         # Before training goes on: an improvement is on disk as soon as it is reported.
         if row["improved"]:
-            runner.save_best()
+            with checkpoint_writes(runner.checkpoint_dir):
+                runner.save_best()
 
     if progress is None:  # a worker other than the chief writes nothing
         return [state.history.append]
@@ -262,7 +281,8 @@ def start_or_resume(
     snapshot = runner.share_state(snapshot)
     if snapshot is None:
         if chief:
-            runner.save_initial()
+            with checkpoint_writes(runner.checkpoint_dir):
+                runner.save_initial()
         return LoopState(EarlyStopping(cfg.monitor, cfg.patience, cfg.min_delta, cfg.max_iterations))
     state = LoopState.from_snapshot(snapshot)
     if chief:
@@ -303,7 +323,8 @@ def run(
             finished = state.stopper.stop_reason is not None
             signum = runner.agreed_signal(stop.signum)
             if not finished and (point - last_checkpoint >= checkpoint_every or signum):
-                runner.save_checkpoint(state.snapshot(state.wall_before + time.perf_counter() - started))
+                with checkpoint_writes(checkpoint_dir):
+                    runner.save_checkpoint(state.snapshot(state.wall_before + time.perf_counter() - started))
                 last_checkpoint = point
             if signum and not finished:
                 interrupted(point, signum, chief)

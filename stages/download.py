@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from mnist_early_stopping import params
+from mnist_early_stopping.cli import run_main
 from mnist_early_stopping.download import MIRROR_ENV, StageError, download_all, load_expected, mirror_list
 from mnist_early_stopping.layout import RAW_DIR
 
@@ -37,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main("download", main))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from mnist_early_stopping import params
+from mnist_early_stopping.cli import run_main
 from mnist_early_stopping.evaluation import evaluate
 from mnist_early_stopping.tf_runtime import import_tensorflow
 
@@ -23,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main("evaluate", main))

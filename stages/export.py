@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from mnist_early_stopping.cli import run_main
 from mnist_early_stopping.export import export
 from mnist_early_stopping.tf_runtime import import_tensorflow
 
@@ -21,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main("export", main))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mnist_early_stopping import params
 from mnist_early_stopping.atomic import replace_dir
+from mnist_early_stopping.cli import run_main
 from mnist_early_stopping.figures import draw, load_inputs
 from mnist_early_stopping.layout import PLOTS_DIR
 
@@ -23,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main("plots", main))

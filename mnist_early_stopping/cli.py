@@ -1,0 +1,43 @@
+"""How every stage ends: one line on stderr and an exit status, never a traceback unless asked for."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable
+
+# Set to 1 to get the full traceback of an unexpected error.
+DEBUG_ENV = "MNIST_DEBUG"
+
+
+class StageError(Exception):
+    """A failure the stage reports in one line (what is wrong, what to do), exiting with `code`."""
+
+    code = 1
+
+
+def run_main(stage: str, main: Callable[[], object]) -> int:
+    """Run a stage's main; return its exit status, turning an error into one line on stderr.
+
+    SystemExit and KeyboardInterrupt pass through unchanged: the stages already
+    exit with their own one-line messages, and the train stage stops on a signal.
+    """
+    try:
+        main()
+    except StageError as e:
+        print(f"{stage}: {e}", file=sys.stderr)
+        return e.code
+    except Exception as e:  # anything unforeseen: still one line, unless the traceback is asked for
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exc()
+        else:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            # The first line only: some libraries' messages run to pages.
+            message = lines[0][:300] if lines else "(no message)"
+            print(
+                f"{stage}: unexpected error: {type(e).__name__}: {message} (set {DEBUG_ENV}=1 for the traceback)",
+                file=sys.stderr,
+            )
+        return 1
+    return 0
