@@ -252,16 +252,20 @@ class Trainer:
 
     def save_keras(self, path: Path, provenance: dict[str, Any] | None = None) -> None:
         """Write the current network as a compiled .keras file, atomically: `keras.saving.load_model` then fits it."""
+        # A plain copy outside the strategy: under multi_worker, creating the
+        # optimiser's variables in its scope would be a collective step, which
+        # the other workers (already finished) never join.
+        plain = keras.models.clone_model(self.model)
+        plain.set_weights(self.model.get_weights())
         # Compiled with the run's optimiser settings and loss, so fine-tuning is one `fit` call away.
-        with self.strategy.scope():
-            self.model.compile(
-                optimizer=keras.optimizers.Adam(self.cfg.learning_rate),
-                loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-            )
-            # Built, so the file holds the optimiser's (fresh) slots and loads without a warning.
-            self.model.optimizer.build(self.model.trainable_variables)
+        plain.compile(
+            optimizer=keras.optimizers.Adam(self.cfg.learning_rate),
+            loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+        )
+        # Built, so the file holds the optimiser's (fresh) slots and loads without a warning.
+        plain.optimizer.build(plain.trainable_variables)
         tmp = keras_temp(path, ".keras")
-        self.model.save(tmp)
+        plain.save(tmp)
         if provenance is not None:  # Keras reads only its own members of the archive
             with zipfile.ZipFile(tmp, "a") as archive:
                 archive.writestr(PROVENANCE_NAME, json.dumps(provenance, indent=2) + "\n")
