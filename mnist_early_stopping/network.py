@@ -41,7 +41,9 @@ def load_network(path: Path, batch_size: int) -> Network:
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise NetworkError(f"{path} is not a SavedModel (no saved_model.pb)")
-    import tensorflow as tf
+    from mnist_early_stopping.tf_runtime import import_tensorflow
+
+    tf = import_tensorflow()  # without its start-up noise, and only once the file is there
 
     try:
         loaded = tf.saved_model.load(str(path))
@@ -62,6 +64,9 @@ def load_keras_network(path: Path, batch_size: int) -> Network:
     path = Path(path)
     if not path.is_file():
         raise NetworkError(f"{path} is not a .keras file")
+    from mnist_early_stopping.tf_runtime import import_tensorflow
+
+    import_tensorflow()  # Keras imports TensorFlow: without its start-up noise
     import keras
 
     try:

@@ -125,9 +125,6 @@ def load_model(path: Path, batch_size: int) -> Predictor | None:
     """The network, or None after one line on stderr saying what is wrong and what to do."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mnist_early_stopping.network import NetworkError, load_any
-    from mnist_early_stopping.tf_runtime import import_tensorflow
-
-    import_tensorflow()  # without its start-up noise: the first lines the user sees are ours
 
     try:
         return load_any(path, batch_size)
