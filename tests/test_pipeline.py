@@ -367,12 +367,15 @@ def test_the_best_network_is_a_model_artifact(repo: Repo, tmp_path: Path):
     pipeline = yaml.safe_load((repo.path / "dvc.yaml").read_text())
     (name, artifact), = pipeline["artifacts"].items()
     assert artifact["type"] == "model" and artifact["path"] == "models/best"
-    out = tmp_path / "got"
-    repo.run("dvc", "artifacts", "get", str(repo.path), name, "--out", str(out))
-    assert (out / "saved_model.pb").is_file()
-    # GTO (installed with DVC) registers versions of it as Git tags.
+    # GTO (installed with DVC) registers versions of it as Git tags; `dvc artifacts get` finds them.
     repo.run("gto", "register", name, "--version", "v1.0.0")
     repo.run("gto", "assign", name, "--version", "v1.0.0", "--stage", "prod")
     shown = repo.run("gto", "show").stdout
     assert name in shown and "v1.0.0" in shown
+    out = tmp_path / "got"
+    repo.run("dvc", "artifacts", "get", str(repo.path), name, "--out", str(out))
+    assert (out / "saved_model.pb").is_file()
+    by_stage = tmp_path / "prod"
+    repo.run("dvc", "artifacts", "get", str(repo.path), name, "--stage", "prod", "--out", str(by_stage))
+    assert (by_stage / "saved_model.pb").read_bytes() == (repo.path / "models/best/saved_model.pb").read_bytes()
     assert f"{name}@v1.0.0" in repo.run("git", "tag").stdout
