@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mnist_early_stopping.layout import CURVES
 from tests.conftest import copy_project, read_curves, write_params
 from tests.tiny_mnist import write_mirror
 
@@ -181,10 +182,11 @@ def test_changing_a_split_param_reruns_split_and_after_never_download(repo: Repo
 def test_plots_show_renders_curves_confusion_matrix_and_images(repo: Repo):
     repo.run("dvc", "plots", "show")
     html = (repo.path / "dvc_plots/index.html").read_text()
-    for plot_id in ("Accuracy", "Loss", "Confusion-Matrix"):
-        assert f'<div id = "{plot_id}">' in html
-    for field in ("train_batch_accuracy", "validation_accuracy", "train_batch_loss", "validation_loss",
-                  '"actual"', '"predicted"'):
+    # Each interactive plot once: the four curves against the iteration, and the confusion matrix.
+    ids = re.findall(r'<div id = "([^"]+)">', html)
+    curves = [f"metrics_live_plots_metrics_{name}_tsv" for name in CURVES]
+    assert sorted(ids) == sorted(curves + ["metrics_predictions_csv"]), ids
+    for field in (*CURVES, '"actual"', '"predicted"', '"iteration"'):
         assert field in html
     for name in ("test_images", "misclassified", "confusion_matrix", "training_curves", "conv1_filters",
                  "conv2_filters"):
