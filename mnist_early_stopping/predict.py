@@ -196,12 +196,12 @@ def provenance(model: Path) -> dict[str, dict[str, Any]]:
     kind = ".keras file (loaded in Keras safe mode)" if is_keras else "SavedModel"
     sections = {
         "model": {"path": str(model), "present": present, "kind": kind},
-        "made_by": {"path": str(model), "present": False, "problem": "no provenance recorded in the model"},
+        "provenance": {"path": str(model), "present": False, "problem": "no provenance recorded in the model"},
         "params": {"path": str(params_path), "present": params_path.is_file()},
     }
     recorded = read_provenance(model) if present else None
     if recorded is not None:
-        sections["made_by"] = {"path": str(model), "present": True, "values": recorded}
+        sections["provenance"] = {"path": str(model), "present": True, "values": recorded}
     if sections["params"]["present"]:
         try:
             sections["params"]["values"] = json.loads(params_path.read_text(encoding="utf-8"))

@@ -197,7 +197,7 @@ def test_info_prints_what_exists_and_says_what_is_missing(
     assert predict.main(["--info", "--model", str(model)]) == 1
     no_record = "no provenance recorded in the model"
     assert capsys.readouterr().out.splitlines() == [
-        f"model: missing ({model})", f"made_by: missing ({model}; {no_record})",
+        f"model: missing ({model})", f"provenance: missing ({model}; {no_record})",
         f"params: missing ({model.parent / 'model.json'})",
     ]
     model.mkdir(parents=True)
@@ -205,7 +205,7 @@ def test_info_prints_what_exists_and_says_what_is_missing(
     (model.parent / "model.json").write_text(json.dumps({"conv_filters": [16, 36], "precision": "float32"}))
     assert predict.main(["--info", "--model", str(model)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"model: {model} (SavedModel)", f"made_by: missing ({model}; {no_record})",
+        f"model: {model} (SavedModel)", f"provenance: missing ({model}; {no_record})",
         f"params: {model.parent / 'model.json'}", "  conv_filters: [16, 36]", '  precision: "float32"',
     ]
     (model / "assets.extra").mkdir()
@@ -213,7 +213,7 @@ def test_info_prints_what_exists_and_says_what_is_missing(
     assert predict.main(["--info", "--model", str(model), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"]["present"] and info["params"]["values"]["conv_filters"] == [16, 36]
-    assert info["made_by"]["values"] == {"commit": "abc123", "network": "best"}
+    assert info["provenance"]["values"] == {"commit": "abc123", "network": "best"}
 
 
 # --- the real thing: a SavedModel exported by this project, loaded by TensorFlow ---
