@@ -204,6 +204,21 @@ def keras_temp(path: Path, suffix: str) -> Path:
 
 
 @contextlib.contextmanager
+def written_by_keras(path: Path, suffix: str) -> Iterator[Path]:
+    """Yield the temporary name Keras writes to; on success fsync it and rename it over `path`."""
+    tmp = keras_temp(path, suffix)
+    try:
+        yield tmp
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def replace_dir(path: Path) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces `path` (a directory, or a file) once the block succeeds."""
     path = Path(path)

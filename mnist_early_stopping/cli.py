@@ -11,6 +11,15 @@ from typing import Callable
 DEBUG_ENV = "MNIST_DEBUG"
 
 
+def first_line(error: BaseException, with_type: bool = False) -> str:
+    """The first line of an error's message, at most 300 characters (some libraries' run to pages)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[0][:300] if lines else ""
+    if with_type:
+        return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return message or type(error).__name__
+
+
 class StageError(Exception):
     """A failure the stage reports in one line (what is wrong, what to do), exiting with `code`."""
 
@@ -32,11 +41,8 @@ def run_main(stage: str, main: Callable[[], object]) -> int:
         if os.environ.get(DEBUG_ENV) == "1":
             traceback.print_exc()
         else:
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            # The first line only: some libraries' messages run to pages.
-            message = lines[0][:300] if lines else "(no message)"
             print(
-                f"{stage}: unexpected error: {type(e).__name__}: {message} (set {DEBUG_ENV}=1 for the traceback)",
+                f"{stage}: unexpected error: {first_line(e, with_type=True)} (set {DEBUG_ENV}=1 for the traceback)",
                 file=sys.stderr,
             )
         return 1

@@ -13,6 +13,7 @@ import numpy as np
 
 from mnist_early_stopping import params
 from mnist_early_stopping.atomic import json_bytes, write_files
+from mnist_early_stopping.cli import first_line
 from mnist_early_stopping.idx import IdxError, read_idx
 from mnist_early_stopping.layout import (
     DATA_METRICS, IMAGE_SHAPE, NUM_CLASSES, RAW_DIR, TRAIN_METRICS, split_path,
@@ -118,13 +119,13 @@ def load_split(name: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
     except FileNotFoundError:
         raise SystemExit(f"{stage}: {path} not found; run the split stage first (dvc repro split)") from None
     except OSError as e:
-        _bad_split(stage, path, f"cannot be read ({first_line(e)})")
+        _bad_split(stage, path, f"cannot be read ({first_line(e, with_type=True)})")
     if magic != ZIP_MAGIC:  # else numpy would take it for a pickle and suggest allow_pickle
         _bad_split(stage, path, "is not an .npz archive (empty, truncated or overwritten)")
     try:
         archive = np.load(path)
     except NPZ_ERRORS as e:
-        _bad_split(stage, path, f"is truncated or corrupt ({first_line(e)})")
+        _bad_split(stage, path, f"is truncated or corrupt ({first_line(e, with_type=True)})")
     with archive:
         missing = [key for key in ("images", "labels") if key not in archive.files]
         if missing:
@@ -132,7 +133,7 @@ def load_split(name: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             images, labels = archive["images"], archive["labels"]
         except NPZ_ERRORS as e:  # the members are read only now: a truncated file fails here
-            _bad_split(stage, path, f"is truncated or corrupt ({first_line(e)})")
+            _bad_split(stage, path, f"is truncated or corrupt ({first_line(e, with_type=True)})")
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
         _bad_split(stage, path, f"holds images {images.dtype} {images.shape}, not uint8 (N, 28, 28)")
     if labels.dtype != np.uint8 or labels.shape != images.shape[:1]:
@@ -152,7 +153,7 @@ def load_train_metrics(stage: str, keys: tuple[str, ...]) -> dict[str, Any]:
             f"{stage}: {TRAIN_METRICS} not found; run the train stage first (dvc repro train)"
         ) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"{stage}: cannot read {TRAIN_METRICS} ({first_line(e)}); {redo}") from None
+        raise SystemExit(f"{stage}: cannot read {TRAIN_METRICS} ({first_line(e, with_type=True)}); {redo}") from None
     try:
         metrics = json.loads(text)
     except ValueError as e:
@@ -188,8 +189,3 @@ def split_raw(cfg: params.SplitParams, raw_dir: Path = RAW_DIR) -> dict[str, tup
         raise SystemExit(f"split: {e}") from None
     return {**splits, "test": test}
 
-
-def first_line(error: BaseException) -> str:
-    """An error's type and the first line of its message."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

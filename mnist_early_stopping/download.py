@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from mnist_early_stopping.cli import StageError
 from mnist_early_stopping import params
 
 MIRROR_ENV = "MNIST_MIRROR"
@@ -94,12 +95,6 @@ class FetchError(Exception):
 
 class NotOnMirror(FetchError):
     """The mirror does not have this file (HTTP 404 or no such local file)."""
-
-
-class StageError(Exception):
-    """The stage cannot go on: the message is one line for the user; `code` is the exit status."""
-
-    code = 1
 
 
 class BadInput(StageError):

@@ -10,6 +10,7 @@ import numpy as np
 
 from mnist_early_stopping.atomic import write_atomic, write_json
 from mnist_early_stopping.data import load_split
+from mnist_early_stopping.cli import first_line
 from mnist_early_stopping.layout import (
     BEST_MODEL, EXPORT_METRICS, IMAGE_SHAPE, NUM_CLASSES, PIXEL_SCALE, TFLITE_MODEL, split_path,
 )
@@ -35,7 +36,7 @@ def convert(saved_model: Path) -> bytes:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[SIGNATURE])
         return bytes(converter.convert())
     except Exception as e:  # the converter raises many kinds, with messages pages long
-        raise ExportError(f"{saved_model} does not convert to TFLite ({_first_line(e)})") from None
+        raise ExportError(f"{saved_model} does not convert to TFLite ({first_line(e)})") from None
 
 
 def interpreter_class() -> tuple[type, str]:
@@ -138,8 +139,3 @@ def export(batch_size: int = BATCH_SIZE) -> None:
         f"{figures['argmax_agreement']:.2%} of {figures['images']} test images, largest probability "
         f"difference {figures['max_abs_probability_difference']:.2g} ({interpreter_name})."
     )
-
-
-def _first_line(error: Exception) -> str:
-    """The first line of an error's message, at most 200 characters."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

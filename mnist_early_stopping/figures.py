@@ -10,7 +10,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from mnist_early_stopping.data import NPZ_ERRORS, first_line, load_split, load_train_metrics
+from mnist_early_stopping.cli import first_line
+from mnist_early_stopping.data import NPZ_ERRORS, load_split, load_train_metrics
 from mnist_early_stopping.layout import CURVES, KERNELS, NUM_CLASSES, PREDICTIONS, curve_path, split_path
 from mnist_early_stopping.model_files import conv_layer_names, read_kernels
 
@@ -37,7 +38,7 @@ def read_csv(path: Path, columns: tuple[str, ...], stage: str, delimiter: str = 
         raise SystemExit(f"plots: {path} not found; run `dvc repro {stage}` first") from None
     except (OSError, ValueError) as e:
         raise SystemExit(
-            f"plots: {path} is not a table of numbers ({first_line(e)}); re-run `dvc repro {stage}`"
+            f"plots: {path} is not a table of numbers ({first_line(e, with_type=True)}); re-run `dvc repro {stage}`"
         ) from None
     return {c: data[:, header.index(c)] for c in columns}
 
@@ -53,7 +54,8 @@ def load_inputs() -> dict[str, Any]:
         raise SystemExit(f"plots: {KERNELS} not found; run the train stage first (dvc repro train)") from None
     except NPZ_ERRORS as e:
         raise SystemExit(
-            f"plots: {KERNELS} is truncated or corrupt ({first_line(e)}); re-run the train stage: dvc repro train"
+            f"plots: {KERNELS} is truncated or corrupt ({first_line(e, with_type=True)}); "
+            "re-run the train stage: dvc repro train"
         ) from None
     predictions = read_csv(PREDICTIONS, ("actual", "predicted", "confidence"), "evaluate")
     actual, predicted = predictions["actual"].astype(np.int64), predictions["predicted"].astype(np.int64)

@@ -23,6 +23,7 @@ FINAL_KERAS = MODELS_DIR / "final.keras"
 TFLITE_MODEL = MODELS_DIR / "best.tflite"
 INITIAL_KERAS = MODELS_DIR / "initial.keras"
 KERNELS = MODELS_DIR / "kernels.npz"
+MODEL_INFO = MODELS_DIR / "model.json"
 # Where a network's provenance travels with it: TF Serving's place for extra
 # files in a SavedModel directory, and a member of the same name in a .keras archive.
 PROVENANCE_DIR = "assets.extra"
@@ -33,7 +34,6 @@ PREPROCESSING = (
     "centred as MNIST's: the longest side of the digit 20 px, its centre of mass at the centre "
     "(mnist-predict prepares any picture this way)"
 )
-MODEL_INFO = MODELS_DIR / "model.json"
 
 # Work in progress of the train stage, outside DVC's outputs so that it
 # survives DVC clearing them before a re-run.
@@ -47,8 +47,7 @@ TRAIN_METRICS = Path("metrics/train.json")
 # one TSV per curve under LIVE_DIR/plots/metrics/, the latest values in LIVE_SUMMARY.
 LIVE_DIR = Path("metrics/live")
 LIVE_SUMMARY = LIVE_DIR / "metrics.json"
-LIVE_PLOTS_DIR = LIVE_DIR / "plots"
-LIVE_CURVES_DIR = LIVE_PLOTS_DIR / "metrics"
+LIVE_CURVES_DIR = LIVE_DIR / "plots" / "metrics"
 TEST_METRICS = Path("metrics/test.json")
 EXPORT_METRICS = Path("metrics/export.json")
 PREDICTIONS = Path("metrics/predictions.csv")

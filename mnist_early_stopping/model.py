@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 from mnist_early_stopping.params import ModelParams
@@ -41,7 +42,7 @@ def build_model(cfg: ModelParams, seed: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="mnist_cnn")
 
 
-def conv_kernels(model: keras.Model) -> dict[str, "numpy.ndarray"]:  # noqa: F821
+def conv_kernels(model: keras.Model) -> dict[str, np.ndarray]:
     """The conv layers' kernels by layer name, as float32 numpy arrays (kh, kw, in, out)."""
     return {
         layer.name: keras.ops.convert_to_numpy(layer.kernel).astype("float32")

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mnist_early_stopping.cli import first_line
 from mnist_early_stopping.layout import IMAGE_SHAPE, PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
 
 
@@ -48,7 +49,7 @@ def load_network(path: Path, batch_size: int) -> Network:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as e:  # a torn SavedModel fails in many ways: OSError, IndexError, OpError, ...
-        raise NetworkError(f"{path} is a broken SavedModel ({_first_line(e)})") from None
+        raise NetworkError(f"{path} is a broken SavedModel ({first_line(e)})") from None
     if not hasattr(loaded, "serve"):
         raise NetworkError(f"{path} is a SavedModel without a `serve` endpoint; export it with this project")
     return Network(lambda images: loaded.serve(images), batch_size)
@@ -72,7 +73,7 @@ def load_keras_network(path: Path, batch_size: int) -> Network:
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as e:  # a bad archive fails in many ways: zipfile, JSON, h5py, a refused lambda...
-        raise NetworkError(f"{path} is not a loadable .keras file ({_first_line(e)})") from None
+        raise NetworkError(f"{path} is not a loadable .keras file ({first_line(e)})") from None
     return Network(lambda images: model(images, training=False), batch_size)
 
 
@@ -96,8 +97,3 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
         return json.loads((path / PROVENANCE_DIR / PROVENANCE_NAME).read_text(encoding="utf-8"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
-
-
-def _first_line(error: Exception) -> str:
-    """The first line of an error's message, at most 200 characters (TensorFlow's run to pages)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +122,6 @@ def save_preprocessed(item: Item, path: Path) -> None:
 
 def load_model(path: Path, batch_size: int) -> Predictor | None:
     """The network, or None after one line on stderr saying what is wrong and what to do."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mnist_early_stopping.network import NetworkError, load_any
 
     try:

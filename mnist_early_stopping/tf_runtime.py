@@ -77,6 +77,8 @@ def filtered_stderr(keep: Callable[[str], bool]) -> Iterator[None]:
 
 def import_tensorflow() -> ModuleType:
     """Import TensorFlow and load its device platforms, dropping only the known start-up noise."""
+    # TensorFlow's own info lines (after absl's start) go by its log level; warnings stay.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with filtered_stderr(NoiseFilter().keep):
         import tensorflow as tf
 

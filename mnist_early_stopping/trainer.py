@@ -6,7 +6,6 @@ It only trains: the train stage decides what to log and which files to write.
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_early_stopping import params
-from mnist_early_stopping.atomic import keras_temp, replace_dir
+from mnist_early_stopping.atomic import json_bytes, replace_dir, written_by_keras
 from mnist_early_stopping.distribute import from_chief, is_multi_worker, max_over_workers
 from mnist_early_stopping.layout import PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
 from mnist_early_stopping.model import build_model, conv_kernels
@@ -173,11 +172,8 @@ class Trainer:
         return {"validation_accuracy": correct / n, "validation_loss": loss / n}
 
     def _save_weights_atomically(self, path: Path) -> None:
-        tmp = keras_temp(path, ".weights.h5")  # an interrupted save's leftover removed first
-        self.model.save_weights(tmp)
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with written_by_keras(path, ".weights.h5") as tmp:  # an interrupted save's leftover removed first
+            self.model.save_weights(tmp)
 
     def save_best(self) -> None:
         """Write the current weights as the best, atomically (write aside, then rename)."""
@@ -248,7 +244,7 @@ class Trainer:
             self.model.export(str(tmp), format="tf_saved_model", verbose=False)
             if provenance is not None:
                 (tmp / PROVENANCE_DIR).mkdir(exist_ok=True)
-                (tmp / PROVENANCE_DIR / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n")
+                (tmp / PROVENANCE_DIR / PROVENANCE_NAME).write_bytes(json_bytes(provenance))
 
     def save_keras(self, path: Path, provenance: dict[str, Any] | None = None) -> None:
         """Write the current network as a compiled .keras file, atomically: `keras.saving.load_model` then fits it."""
@@ -264,14 +260,11 @@ class Trainer:
         )
         # Built, so the file holds the optimiser's (fresh) slots and loads without a warning.
         plain.optimizer.build(plain.trainable_variables)
-        tmp = keras_temp(path, ".keras")
-        plain.save(tmp)
-        if provenance is not None:  # Keras reads only its own members of the archive
-            with zipfile.ZipFile(tmp, "a") as archive:
-                archive.writestr(PROVENANCE_NAME, json.dumps(provenance, indent=2) + "\n")
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with written_by_keras(path, ".keras") as tmp:
+            plain.save(tmp)
+            if provenance is not None:  # Keras reads only its own members of the archive
+                with zipfile.ZipFile(tmp, "a") as archive:
+                    archive.writestr(PROVENANCE_NAME, json_bytes(provenance))
 
     def load_saved(self, which: str) -> None:
         """Put the saved `initial` or `best` weights into the network (the end of training)."""

@@ -33,10 +33,11 @@ from mnist_early_stopping.data import load_split
 from mnist_early_stopping.deps import ROOT, import_closure
 from mnist_early_stopping.early_stopping import EarlyStopping, evaluation_points
 from mnist_early_stopping.layout import (
-    BEST_KERAS, BEST_MODEL, CHECKPOINT_DIR, CURVES, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, PREPROCESSING, INITIAL_MODEL, KERNELS, LIVE_DIR, MODEL_INFO, TRAIN_METRICS,
-    TRAIN_LOCK, split_path,
+    BEST_KERAS, BEST_MODEL, CHECKPOINT_DIR, CURVES, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, KERNELS,
+    LIVE_DIR, MODEL_INFO, PREPROCESSING, TRAIN_LOCK, TRAIN_METRICS, split_path,
 )
 from mnist_early_stopping.model_files import write_kernels
+from mnist_early_stopping.tf_runtime import import_tensorflow
 from mnist_early_stopping.workspace_lock import LockedError, hold
 
 if TYPE_CHECKING:
@@ -251,7 +252,8 @@ def train(model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
 def train_as(task: distribute.Task, model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
     """Set up the devices and the strategy, then run this process's part of training."""
     cpus = distribute.logical_cpus(os.environ)
-    # TensorFlow is imported from here on, only once params are known good.
+    # TensorFlow is imported from here on, once params, TF_CONFIG and the lock are good.
+    import_tensorflow()
     if cpus is not None:
         distribute.split_cpu(cpus)
     strategy, strategy_name = distribute.make_strategy(cfg.distribute)

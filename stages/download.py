@@ -14,18 +14,15 @@ import sys
 
 from mnist_early_stopping import params
 from mnist_early_stopping.cli import run_main
-from mnist_early_stopping.download import MIRROR_ENV, StageError, download_all, load_expected, mirror_list
+from mnist_early_stopping.download import MIRROR_ENV, download_all, load_expected, mirror_list
 from mnist_early_stopping.layout import RAW_DIR
 
 
 def main() -> None:
     """Entry point of the download stage."""
     (cfg,) = params.load("download")
-    try:
-        errors = download_all(RAW_DIR, load_expected(), mirror_list(cfg.mirrors), cfg)
-    except StageError as e:  # bad input, files not ours, a full disk: the mirrors are not to blame
-        print(f"download: {e}", file=sys.stderr)
-        raise SystemExit(e.code) from None
+    # Bad input, files not ours, a full disk: a StageError, which run_main reports in one line.
+    errors = download_all(RAW_DIR, load_expected(), mirror_list(cfg.mirrors), cfg)
     if errors:
         for line in errors:
             print(line, file=sys.stderr)

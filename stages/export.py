@@ -7,17 +7,12 @@ the same class from both. Reads no params.
 
 from __future__ import annotations
 
-import os
-
 from mnist_early_stopping.cli import run_main
 from mnist_early_stopping.export import export
-from mnist_early_stopping.tf_runtime import import_tensorflow
 
 
 def main() -> None:
     """Entry point of the export stage."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import_tensorflow()  # before the library's own import: drops TensorFlow's start-up noise
     export()
 
 

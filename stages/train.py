@@ -8,19 +8,14 @@ evaluation). Run it on every worker of a multi_worker cluster.
 
 from __future__ import annotations
 
-import os
-
 from mnist_early_stopping import params
 from mnist_early_stopping.cli import run_main
-from mnist_early_stopping.tf_runtime import import_tensorflow
 from mnist_early_stopping.training import train
 
 
 def main() -> None:
     """Entry point of the train stage."""
     model_cfg, cfg = params.load("model", "train")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import_tensorflow()  # before the library's own import: drops TensorFlow's start-up noise
     train(model_cfg, cfg)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_early_stopping import download
+from mnist_early_stopping import cli, download
 from stages import download as download_stage
 from mnist_early_stopping.download import Expected, FetchError, download_all, fetch_file
 from mnist_early_stopping.idx import encode_idx
@@ -612,9 +612,11 @@ def run_main(
 ) -> tuple[int, list[str]]:
     """Run the stage's main() in `project`; return its exit status and its stderr lines."""
     monkeypatch.chdir(project)
-    with pytest.raises(SystemExit) as exit:
-        download_stage.main()
-    return exit.value.code, capsys.readouterr().err.splitlines()
+    try:  # as `python -m stages.download` runs it
+        code = cli.run_main("download", download_stage.main)
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err.splitlines()
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:

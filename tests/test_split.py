@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_early_stopping import data as split
 from stages import split as split_stage
 from mnist_early_stopping.params import SplitParams
 from mnist_early_stopping.data import data_metrics, split_train, validation_indices
