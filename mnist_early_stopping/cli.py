@@ -7,6 +7,8 @@ import sys
 import traceback
 from typing import Callable
 
+from mnist_early_stopping import timings
+
 # Set to 1 to get the full traceback of an unexpected error.
 DEBUG_ENV = "MNIST_DEBUG"
 
@@ -31,7 +33,15 @@ def run_main(stage: str, main: Callable[[], object]) -> int:
 
     SystemExit and KeyboardInterrupt pass through unchanged: the stages already
     exit with their own one-line messages, and the train stage stops on a signal.
+    With $MNIST_TIMINGS set, the stage's phases are appended to that file however it ends.
     """
+    try:
+        return _run(stage, main)
+    finally:
+        timings.write(stage)
+
+
+def _run(stage: str, main: Callable[[], object]) -> int:
     try:
         main()
     except StageError as e:

@@ -17,7 +17,7 @@ import tensorflow as tf
 from mnist_early_stopping import params
 from mnist_early_stopping.atomic import json_bytes, replace_dir, written_by_keras
 from mnist_early_stopping.distribute import from_chief, is_multi_worker, max_over_workers
-from mnist_early_stopping.layout import PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
+from mnist_early_stopping.layout import IMAGE_SHAPE, PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
 from mnist_early_stopping.model import build_model, conv_kernels
 
 
@@ -82,8 +82,18 @@ class Trainer:
         )
         # Made at the first save: by then the directory holds only this run's checkpoints.
         self.manager: tf.train.CheckpointManager | None = None
-        self._train_steps = tf.function(self._train_steps_fn)
-        self._validate_batch = tf.function(self._validate_batch_fn, reduce_retracing=True)
+        # One signature each: every chunk and every validation batch (the last,
+        # shorter one too) runs the same graph, traced once by `trace`.
+        self._train_steps = tf.function(self._train_steps_fn, input_signature=[tf.TensorSpec([], tf.int64)])
+        self._validate_batch = tf.function(
+            self._validate_batch_fn,
+            input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8), tf.TensorSpec([None], tf.int32)],
+        )
+
+    def trace(self) -> None:
+        """Build the training and validation graphs now: start-up work, not the loop's."""
+        self._train_steps.get_concrete_function()
+        self._validate_batch.get_concrete_function()
 
     @property
     def iteration(self) -> int:

@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from mnist_early_stopping import distribute, params
+from mnist_early_stopping import distribute, params, timings
 from mnist_early_stopping.atomic import write_json
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.deps import ROOT, import_closure
@@ -217,7 +217,7 @@ def sinks(runner: Trainer, state: LoopState, progress: ProgressSink | None) -> l
     def save_best(row: Row) -> None:
         # Before training goes on: an improvement is on disk as soon as it is reported.
         if row["improved"]:
-            with checkpoint_writes(runner.checkpoint_dir):
+            with timings.phase("save best"), checkpoint_writes(runner.checkpoint_dir):
                 runner.save_best()
 
     if progress is None:  # a worker other than the chief writes nothing
@@ -227,7 +227,10 @@ def sinks(runner: Trainer, state: LoopState, progress: ProgressSink | None) -> l
 
 def evaluation_step(runner: Trainer, stopper: EarlyStopping, point: int) -> Row:
     """Train up to `point`, validate, and apply the stopping rule: one row of the history."""
-    row: Row = {"iteration": point, **runner.train_until(point), **runner.validate()}
+    with timings.phase("train steps"):
+        row: Row = {"iteration": point, **runner.train_until(point)}
+    with timings.phase("validation"):
+        row.update(runner.validate())
     monitored = {k: row[k] for k in ("train_batch_loss", "validation_loss", "validation_accuracy")}
     row["improved"] = stopper.update(point, monitored)
     return row
@@ -302,36 +305,42 @@ def run(
     chief: bool = True,
 ) -> None:
     """The training loop; only the chief reads checkpoints, prints progress and writes outputs."""
-    from mnist_early_stopping import trainer  # TensorFlow
+    with timings.phase("import keras and the trainer"):
+        from mnist_early_stopping import trainer  # TensorFlow
 
-    trainer.configure(cfg)
-    manifest = run_manifest(model_cfg, cfg)
-    train_data, validation_data = load_split("train", "train"), load_split("validation", "train")
-    runner = trainer.Trainer(model_cfg, cfg, train_data, validation_data, checkpoint_dir, strategy)
-    state = start_or_resume(runner, cfg, manifest, chief)
+    with timings.phase("set up"):
+        trainer.configure(cfg)
+        manifest = run_manifest(model_cfg, cfg)
+        train_data, validation_data = load_split("train", "train"), load_split("validation", "train")
+        runner = trainer.Trainer(model_cfg, cfg, train_data, validation_data, checkpoint_dir, strategy)
+        state = start_or_resume(runner, cfg, manifest, chief)
+    with timings.phase("trace graphs"):
+        runner.trace()
 
     start_iteration = runner.iteration
     progress = ProgressSink(start_iteration) if chief else None
-    row_sinks = sinks(runner, state, progress)
+    with timings.phase("set up"):  # DVCLive's import and its first files
+        row_sinks = sinks(runner, state, progress)
     stop = StopRequest()
     started = time.perf_counter()
     checkpoint_every = max(cfg.checkpoint_every, cfg.eval_every)
     last_checkpoint = start_iteration
     try:
-        for point in evaluation_points(cfg.eval_every, cfg.max_iterations, start_iteration):
-            row = evaluation_step(runner, state.stopper, point)
-            for sink in row_sinks:
-                sink(row)
-            finished = state.stopper.stop_reason is not None
-            signum = runner.agreed_signal(stop.signum)
-            if not finished and (point - last_checkpoint >= checkpoint_every or signum):
-                with checkpoint_writes(checkpoint_dir):
-                    runner.save_checkpoint(state.snapshot(state.wall_before + time.perf_counter() - started))
-                last_checkpoint = point
-            if signum and not finished:
-                interrupted(point, signum, chief)
-            if finished:
-                break
+        with timings.phase("loop: other work"):  # the log, the live curves, Python: what the phases within leave
+            for point in evaluation_points(cfg.eval_every, cfg.max_iterations, start_iteration):
+                row = evaluation_step(runner, state.stopper, point)
+                for sink in row_sinks:
+                    sink(row)
+                finished = state.stopper.stop_reason is not None
+                signum = runner.agreed_signal(stop.signum)
+                if not finished and (point - last_checkpoint >= checkpoint_every or signum):
+                    with timings.phase("checkpoint"), checkpoint_writes(checkpoint_dir):
+                        runner.save_checkpoint(state.snapshot(state.wall_before + time.perf_counter() - started))
+                    last_checkpoint = point
+                if signum and not finished:
+                    interrupted(point, signum, chief)
+                if finished:
+                    break
     finally:
         if progress is not None:
             progress.close()
@@ -379,7 +388,8 @@ def finish(
     """Report how training ended, write the models and metrics, and remove the checkpoints."""
     stopper, history = state.stopper, state.history
     report_stop(stopper, runner.iteration, cfg.max_iterations, wall)
-    write_networks(runner, model_cfg, cfg.precision, provenance(manifest))
+    with timings.phase("write networks"):
+        write_networks(runner, model_cfg, cfg.precision, provenance(manifest))
     best = best_row(history, stopper.best_iteration)
     metrics = {
         "best_iteration": stopper.best_iteration,

@@ -1,12 +1,12 @@
 """Plots stage: the tutorial's figures as PNG files in plots/ (no TensorFlow).
 
-Reads the test split, metrics/predictions.csv, metrics/history.csv,
+Reads the test split, metrics/predictions.csv, the curves in metrics/live/,
 metrics/train.json and models/kernels.npz.
 """
 
 from __future__ import annotations
 
-from mnist_early_stopping import params
+from mnist_early_stopping import params, timings
 from mnist_early_stopping.atomic import replace_dir
 from mnist_early_stopping.cli import run_main
 from mnist_early_stopping.figures import draw, load_inputs
@@ -16,9 +16,10 @@ from mnist_early_stopping.layout import PLOTS_DIR
 def main() -> None:
     """Entry point of the plots stage."""
     (cfg,) = params.load("plots")
-    inputs = load_inputs()
+    with timings.phase("read inputs"):
+        inputs = load_inputs()
     # A fresh directory: plots/ ends up holding exactly this run's figures.
-    with replace_dir(PLOTS_DIR) as tmp:
+    with timings.phase("draw figures"), replace_dir(PLOTS_DIR) as tmp:
         names = [p.name for p in draw(inputs, tmp, cfg.dpi)]
     print(f"plots: wrote {', '.join(names)} to {PLOTS_DIR}/")
 

@@ -59,6 +59,32 @@ def test_confusion_matrix_and_its_text_table() -> None:
     np.testing.assert_array_equal(np.array(rows, dtype=np.int64), CONFUSION)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_class_metrics_and_confusion_equal_scikit_learns(seed: int) -> None:
+    # The stage computes them with numpy (sklearn's import alone outlasts its scoring); scikit-learn is the reference.
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, 500)
+    predicted = np.where(rng.random(500) < 0.7, labels, rng.integers(0, 10, 500))
+    labels[labels == 3] = 4  # a class that never occurs
+    predicted[predicted == 7] = 8  # a class never predicted
+    classes = list(range(10))
+    precision, recall, f1, _ = metrics.precision_recall_fscore_support(
+        labels, predicted, labels=classes, zero_division=0
+    )
+    ours = evaluate.class_metrics(labels, predicted)
+    for c in classes:
+        assert ours["per_class"][str(c)] == {
+            "precision": round(float(precision[c]), 6), "recall": round(float(recall[c]), 6),
+            "f1": round(float(f1[c]), 6),
+        }
+    macro = metrics.f1_score(labels, predicted, labels=classes, average="macro", zero_division=0)
+    assert ours["macro_f1"] == round(float(macro), 6)
+    np.testing.assert_array_equal(
+        evaluate.confusion(labels, predicted), metrics.confusion_matrix(labels, predicted, labels=classes)
+    )
+
+
 def test_cross_entropy_clips_zero_probabilities() -> None:
     p = np.zeros((1, 10), dtype=np.float32)
     p[0, 3] = 1.0

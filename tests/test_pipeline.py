@@ -117,11 +117,25 @@ def file_digests(root: Path, names: list[str]) -> dict[str, str]:
 
 
 def test_repro_runs_every_stage_in_order_and_creates_every_output(repo: Repo):
-    assert_ran_in_order(repo.repro(), STAGES)
+    timings_file = repo.path.parent / "timings.jsonl"  # outside the project: no stage's output
+    assert_ran_in_order(repo.repro(env={**repo.env, "MNIST_TIMINGS": str(timings_file)}), STAGES)
     for out in declared_outputs(repo.path / "dvc.yaml"):
         assert (repo.path / out).exists(), f"{out} was not created"
     assert (repo.path / "dvc.lock").is_file()
     repo.commit("baseline run")
+    # $MNIST_TIMINGS: one record per stage process, in the order they ran, with the phases the bench reads.
+    records = [json.loads(line) for line in timings_file.read_text().splitlines()]
+    assert [r["stage"] for r in records] == STAGES
+    for r in records:
+        assert r["started"] <= r["ended"], r
+        assert sum(p["seconds"] for p in r["phases"].values()) <= r["ended"] - r["started"] + 0.05, r
+    phases = {r["stage"]: r["phases"] for r in records}
+    loop = ("import tensorflow", "trace graphs", "train steps", "validation", "loop: other work", "write networks")
+    assert set(loop) <= set(phases["train"]), phases["train"]
+    iterations = repo.metrics("train")["iterations"]
+    eval_every = yaml.safe_load((repo.path / "params.yaml").read_text())["train"]["eval_every"]
+    assert phases["train"]["train steps"]["count"] == phases["train"]["validation"]["count"] == iterations // eval_every
+    assert {"import tensorflow", "load networks", "predict"} <= set(phases["evaluate"]), phases["evaluate"]
 
 
 def test_second_repro_runs_nothing(repo: Repo):
