@@ -1,15 +1,21 @@
-"""Pipeline benchmark: `dvc repro` in a fresh copy of the project, timed stage by stage.
+"""Pipeline benchmark: where a cold `dvc repro` spends its time, against the code before a change.
 
 Run in the project's virtual environment, with a local copy of the four MNIST .gz files:
 
     python bench/pipeline.py --mirror ../shared/mnist
-    MNIST_MIRROR=../shared/mnist python bench/pipeline.py --precision mixed_bfloat16
+    git worktree add ../before <commit>                  # the code to compare with
+    python bench/pipeline.py --mirror ../shared/mnist --baseline ../before --repeats 3 --queue
     python bench/pipeline.py --mirror ../shared/mnist --set train.max_iterations=2000 --keep
 
-It copies stages/, mnist_early_stopping/, params.yaml and dvc.yaml into a temporary directory (a
-new git repo, DVC cache and outputs), runs `dvc repro`, times each stage from DVC's output, polls
-each stage's peak memory, and times a no-op `dvc repro`. A relative mirror (and $MNIST_DIGESTS) is
-taken relative to the project root, as the stages do.
+Each run copies stages/, mnist_early_stopping/, params.yaml and dvc.yaml into a temporary
+directory (a new git repo, DVC cache and outputs) and runs `dvc repro` there, timing each stage
+from DVC's output and, through $MNIST_TIMINGS, each phase inside the stages. With --baseline the
+two code versions run alternately, --repeats times, and the tables give medians. Each repeat also
+times the training step and one validation pass alone (bench/step.py's `ours`, in a fresh
+process on the same data), which gives the arithmetic of the run: the budget counts everything
+else as start-up, loads, writes and DVC. --queue then times two experiments run one after the
+other against the same two queued and run by `dvc queue start -j 2`, with one thread each.
+A relative mirror (and $MNIST_DIGESTS) is taken relative to the project root, as the stages do.
 """
 
 from __future__ import annotations
@@ -27,35 +33,50 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from common import ROOT, add_project_option, child_env, copy_project, header, table, verdict
+from step import run_contender
 
 sys.path.insert(0, str(ROOT))
 
 from mnist_early_stopping.layout import PARAMS_FILE, TEST_METRICS, TRAIN_METRICS  # noqa: E402
+from mnist_early_stopping.timings import TIMINGS_ENV  # noqa: E402
 
-# Targets of the README's performance section.
-TARGET_OTHER_STAGES_SHARE = 0.25
+# Targets (issue "Performance", README).
+TARGET_RATE_VS_IDEAL = 0.95
+TARGET_FIXED_VS_BASELINE = 0.6
+TARGET_VALIDATION_VS_STEP = 1.0
+TARGET_QUEUE_VS_SERIAL = 1.05
 TARGET_NOOP_SECONDS = 3.0
 NOOP_REPEATS = 3
+STEP_SECONDS = 8.0
+# Threads per experiment under `dvc queue start -j 2` on this project's machines: one each, so
+# two trainings share the cores instead of each asking for all of them.
+QUEUE_THREADS = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+QUEUE_SEEDS = (1, 2)
 
 
 @dataclasses.dataclass
 class Repro:
-    """What one `dvc repro` took: per stage, before the first stage, in all; peak RSS per stage."""
+    """One cold `dvc repro`: DVC's stage times, the stages' own phases and what the run produced."""
 
     stage_seconds: dict[str, float]
     startup_seconds: float
     total_seconds: float
     peak_rss_kib: dict[str, int]
+    process_seconds: dict[str, float]  # each stage's process, start to exit (from $MNIST_TIMINGS)
+    phases: dict[str, dict[str, float]]  # stage -> phase -> seconds
+    train: dict[str, Any]
+    test: dict[str, Any]
 
 
-def set_params(path: Path, overrides: list[str]) -> None:
-    """Apply SECTION.KEY=VALUE overrides (VALUE in YAML) to a params.yaml."""
+def overridden(path: Path, overrides: list[str]) -> dict[str, Any]:
+    """A params.yaml's content with SECTION.KEY=VALUE overrides (VALUE in YAML) applied."""
     raw = yaml.safe_load(path.read_text())
     for item in overrides:
         key, _, value = item.partition("=")
@@ -63,22 +84,42 @@ def set_params(path: Path, overrides: list[str]) -> None:
         if field not in raw.get(section, {}):
             raise SystemExit(f"bench: --set {item}: params.yaml has no key {key}")
         raw[section][field] = yaml.safe_load(value)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return raw
+
+
+def set_params(path: Path, overrides: list[str]) -> None:
+    """Apply SECTION.KEY=VALUE overrides to a params.yaml."""
+    path.write_text(yaml.safe_dump(overridden(path, overrides), sort_keys=False))
+
+
+def git(project: Path, env: dict[str, str], *args: str) -> None:
+    """Run a git command in the project as the bench's own author."""
+    who = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    subprocess.run(["git", *who, *args], cwd=project, check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 def init_repo(project: Path, env: dict[str, str]) -> None:
     """Make `project` a fresh git repo with DVC initialised and everything committed."""
     # DVCLive, in the train stage, needs a commit to start from.
-    who = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    commit = ["git", *who, "commit", "-q", "-m", "bench"]
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], commit):
-        subprocess.run(cmd, cwd=project, check=True, env=env)
+    git(project, env, "init", "-q")
+    subprocess.run(["dvc", "init", "-q"], cwd=project, check=True, env=env)
+    git(project, env, "add", "-A")
+    git(project, env, "commit", "-q", "-m", "bench")
+
+
+def fresh_copy(source: Path, overrides: list[str], env: dict[str, str]) -> Path:
+    """A new temporary git + DVC project holding `source`'s code and params (with the overrides)."""
+    copy = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    copy_project(source, copy)
+    set_params(copy / PARAMS_FILE, overrides)
+    init_repo(copy, env)
+    return copy
 
 
 class PeakRss:
     """Polls /proc for the descendants of a process; keeps each stage's peak RSS (VmHWM) by stage name."""
 
-    def __init__(self, root_pid: int, interval: float = 0.2) -> None:
+    def __init__(self, root_pid: int, interval: float = 0.5) -> None:
         self.root_pid, self.interval = root_pid, interval
         self.peaks_kib: dict[str, int] = {}
         self._stop = threading.Event()
@@ -120,12 +161,23 @@ class PeakRss:
         return found
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file's content, or {} if it is not there."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def repro(project: Path, env: dict[str, str]) -> Repro:
     """Run `dvc repro`, timing each stage from its 'Running stage' line to the next one."""
+    timings_file = project.parent / f"{project.name}.timings.jsonl"  # outside the project
     marks: list[tuple[float, str]] = []
     start = time.perf_counter()
     proc = subprocess.Popen(
-        ["dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["dvc", "repro"],
+        cwd=project,
+        env={**env, TIMINGS_ENV: str(timings_file)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     rss = PeakRss(proc.pid)
     lines = []
@@ -141,7 +193,23 @@ def repro(project: Path, env: dict[str, str]) -> Repro:
         raise SystemExit(f"bench: `dvc repro` failed ({code}) in {project}:\n{''.join(lines)[-3000:]}")
     ends = [t for t, _ in marks[1:]] + [total]
     seconds = {name: end - t for (t, name), end in zip(marks, ends, strict=True)}
-    return Repro(seconds, marks[0][0] if marks else total, total, peaks)
+    process, phases = {}, {}
+    if timings_file.is_file():  # code from before $MNIST_TIMINGS writes none
+        for record in map(json.loads, timings_file.read_text().splitlines()):
+            if record.get("started") is not None:
+                process[record["stage"]] = record["ended"] - record["started"]
+            phases[record["stage"]] = {k: v["seconds"] for k, v in record["phases"].items()}
+        timings_file.unlink()
+    return Repro(
+        seconds,
+        marks[0][0] if marks else total,
+        total,
+        peaks,
+        process,
+        phases,
+        read_json(project / TRAIN_METRICS),
+        read_json(project / TEST_METRICS),
+    )
 
 
 def noop_seconds(project: Path, env: dict[str, str]) -> float:
@@ -154,6 +222,442 @@ def noop_seconds(project: Path, env: dict[str, str]) -> float:
         if done.returncode != 0 or "Running stage" in done.stdout:
             raise SystemExit(f"bench: the no-op `dvc repro` failed or did work:\n{done.stdout}{done.stderr}")
     return statistics.median(times)
+
+
+def step_alone(project: Path, seconds: float) -> dict[str, Any]:
+    """bench/step.py's `ours` in a fresh process on the project's data: iterations/s and one validation's time."""
+    result = run_contender("ours", seconds, project)
+    if "its" not in result:
+        raise SystemExit(f"bench: timing the step alone {result['error']}")
+    return result
+
+
+# --------------------------------------------------------------------------- the budget
+
+
+@dataclasses.dataclass(frozen=True)
+class Arithmetic:
+    """The run's training and validation arithmetic at the speed of the step and of validation alone."""
+
+    iterations: int
+    evaluations: int
+    step_seconds: float  # one iteration, alone
+    validation_seconds: float  # one validation pass, alone
+    validation_share: float  # validation's share of the arithmetic, from the FLOPs (ideal-rate definition)
+
+    @property
+    def steps(self) -> float:
+        """Seconds of step compute: iterations x step time."""
+        return self.iterations * self.step_seconds
+
+    @property
+    def validation(self) -> float:
+        """Seconds of validation compute: passes x one pass's time."""
+        return self.evaluations * self.validation_seconds
+
+    @property
+    def ideal_rate(self) -> float:
+        """Iterations/s of a loop that did nothing but its arithmetic, validation at the step's efficiency."""
+        return 1 / self.step_seconds / (1 + self.validation_share)
+
+
+def arithmetic(run: Repro, alone: dict[str, Any], cfg: dict[str, Any]) -> Arithmetic:
+    """The arithmetic of a run, from its iteration count and the step and validation timed alone."""
+    iterations = int(run.train["iterations"]) - int(run.train.get("resumed_from_iteration", 0))
+    images_per_step = cfg["batch_size"] * 3  # forward + backward ~ 3 forwards per image
+    share = alone["validation_images"] / (cfg["eval_every"] * images_per_step)
+    return Arithmetic(
+        iterations, iterations // cfg["eval_every"], 1 / alone["its"], alone["validate_s"], share
+    )
+
+
+def fixed_seconds(run: Repro, work: Arithmetic) -> float:
+    """Everything in the run but the training and validation arithmetic and the export stage."""
+    return run.total_seconds - run.stage_seconds.get("export", 0.0) - work.steps - work.validation
+
+
+def rate_vs_ideal(run: Repro, work: Arithmetic) -> float:
+    """The train stage's loop rate (metrics/train.json) over the ideal rate."""
+    return float(run.train["iterations_per_second"]) / work.ideal_rate
+
+
+def in_stage_validation_efficiency(
+    run: Repro, work: Arithmetic, alone: dict[str, Any], cfg: dict[str, Any]
+) -> float:
+    """Validation images per second over training images (x3) per second, both inside the train stage."""
+    phases = run.phases.get("train", {})
+    if not phases.get("train steps") or not phases.get("validation"):
+        return math.nan
+    step_rate = work.iterations * cfg["batch_size"] * 3 / phases["train steps"]
+    return work.evaluations * alone["validation_images"] / phases["validation"] / step_rate
+
+
+# Budget rows: (stage, label, how to get the seconds from a run, its arithmetic and the stage's process).
+Row = tuple[str, str, Callable[[Repro, Arithmetic], float]]
+
+
+def phase(stage: str, *names: str) -> Callable[[Repro, Arithmetic], float]:
+    """Seconds of the named phases of a stage (nan without $MNIST_TIMINGS records)."""
+    return lambda run, work: (
+        sum(run.phases[stage].get(n, 0.0) for n in names) if stage in run.phases else math.nan
+    )
+
+
+def untimed(stage: str) -> Callable[[Repro, Arithmetic], float]:
+    """Seconds of the stage's process outside every phase: the interpreter and the imports before the first."""
+
+    def seconds(run: Repro, work: Arithmetic) -> float:
+        if stage not in run.process_seconds:
+            return math.nan
+        return run.process_seconds[stage] - sum(run.phases.get(stage, {}).values())
+
+    return seconds
+
+
+def dvc_part(stage: str) -> Callable[[Repro, Arithmetic], float]:
+    """DVC's time around a stage: its stage time less the stage's process (hashing, cache, lock, the next check)."""
+
+    def seconds(run: Repro, work: Arithmetic) -> float:
+        if stage not in run.process_seconds:
+            return math.nan
+        return run.stage_seconds.get(stage, math.nan) - run.process_seconds[stage]
+
+    return seconds
+
+
+def stage_total(stage: str) -> Callable[[Repro, Arithmetic], float]:
+    """The stage's time from DVC's 'Running stage' line to the next stage's."""
+    return lambda run, work: run.stage_seconds.get(stage, math.nan)
+
+
+def budget_rows(stages: list[str]) -> list[Row]:
+    """Every line of the budget, stage by stage, in the order the stages ran."""
+    rows: list[Row] = [("dvc", "start-up, before the first stage", lambda run, work: run.startup_seconds)]
+    for stage in stages:
+        rows.append((stage, "stage in all (DVC's time for it included)", stage_total(stage)))
+        rows.append((stage, "  Python start-up and imports (TensorFlow apart)", untimed(stage)))
+        if stage == "train":
+            rows += [
+                (stage, "  import TensorFlow", phase(stage, "import tensorflow")),
+                (
+                    stage,
+                    "  set up: data, network, checkpoints, DVCLive",
+                    phase(stage, "set up", "import keras and the trainer"),
+                ),
+                (stage, "  trace the graphs", phase(stage, "trace graphs")),
+                (stage, "  step compute: iterations x step time alone", lambda run, work: work.steps),
+                (
+                    stage,
+                    "  steps beyond the step time alone",
+                    lambda run, work: phase("train", "train steps")(run, work) - work.steps,
+                ),
+                (stage, "  validation compute: passes x pass time alone", lambda run, work: work.validation),
+                (
+                    stage,
+                    "  validation beyond the pass time alone",
+                    lambda run, work: phase("train", "validation")(run, work) - work.validation,
+                ),
+                (stage, "  save the best network (atomic, each improvement)", phase(stage, "save best")),
+                (stage, "  checkpoints", phase(stage, "checkpoint")),
+                (stage, "  loop: log line, live curves, Python", phase(stage, "loop: other work")),
+                (stage, "  write networks (3 SavedModels, 3 .keras)", phase(stage, "write networks")),
+            ]
+        elif stage == "evaluate":
+            rows += [
+                (stage, "  import TensorFlow", phase(stage, "import tensorflow")),
+                (stage, "  load the 3 SavedModels", phase(stage, "load networks")),
+                (stage, "  predict: 5000 validation + 3 x 10000 test images", phase(stage, "predict")),
+            ]
+        elif stage == "plots":
+            rows += [
+                (stage, "  read inputs", phase(stage, "read inputs")),
+                (stage, "  draw and write the figures", phase(stage, "draw figures")),
+            ]
+        elif stage == "export":
+            rows += [
+                (stage, "  import TensorFlow", phase(stage, "import tensorflow")),
+                (stage, "  SavedModel: load, predict the test set", phase(stage, "SavedModel: load and predict")),
+                (stage, "  convert to TFLite", phase(stage, "convert")),
+                (stage, "  TFLite: load, predict the test set", phase(stage, "TFLite: load and predict")),
+            ]
+        rows.append((stage, "  DVC: hashing, cache, lock, run-cache", dvc_part(stage)))
+    return rows
+
+
+def median_or_nan(values: list[float]) -> float:
+    """Median of the finite values (nan if none)."""
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def seconds_cell(value: float) -> str:
+    """Seconds to one decimal, blank when not measured."""
+    return "" if math.isnan(value) else f"{value:.1f}"
+
+
+def budget_table(runs: dict[str, list[tuple[Repro, Arithmetic]]]) -> str:
+    """Median seconds of each budget line, one column per code version."""
+    labels = list(runs)
+    first = runs[labels[0]][0][0]
+    rows = []
+    for stage, label, get in budget_rows(list(first.stage_seconds)):
+        cells = [median_or_nan([get(run, work) for run, work in runs[name]]) for name in labels]
+        if not all(math.isnan(c) for c in cells):
+            rows.append((label if label.startswith("  ") else f"{stage}: {label}", *map(seconds_cell, cells)))
+    totals = [median_or_nan([run.total_seconds for run, _ in runs[name]]) for name in labels]
+    rows.append(("total `dvc repro`", *map(seconds_cell, totals)))
+    return table(rows, ("budget (medians, seconds)", *labels))
+
+
+def paired(
+    runs: dict[str, list[tuple[Repro, Arithmetic]]], key: Callable[[Repro, Arithmetic], float]
+) -> float:
+    """Median over repeats of this code's value over the baseline's, each ratio within one repeat."""
+    ours, base = runs.get("this code", []), runs.get("baseline", [])
+    ratios = [key(*a) / key(*b) for a, b in zip(ours, base, strict=False) if key(*b) > 0]
+    return statistics.median(ratios) if ratios else math.nan
+
+
+def ratios_table(
+    runs: dict[str, list[tuple[Repro, Arithmetic]]],
+    alone: list[dict[str, Any]],
+    cfg: dict[str, Any],
+    queue: dict[str, Any] | None,
+    noop: float,
+) -> str:
+    """The four targets of the issue, and the no-op repro."""
+    ours = runs["this code"]
+    rate = median_or_nan([rate_vs_ideal(run, work) for run, work in ours])
+    fixed = paired(runs, fixed_seconds)
+    validation = median_or_nan(
+        [a["validation_images"] / a["validate_s"] / (a["its"] * cfg["batch_size"] * 3) for a in alone]
+    )
+    in_stage = median_or_nan(
+        [in_stage_validation_efficiency(run, work, a, cfg) for (run, work), a in zip(ours, alone)]
+    )
+    rows = [
+        (
+            "train stage rate / ideal rate",
+            f"{rate:.3f}",
+            f">= {TARGET_RATE_VS_IDEAL}",
+            verdict(rate, TARGET_RATE_VS_IDEAL, at_least=True),
+        ),
+        (
+            "fixed costs: this code / baseline",
+            f"{fixed:.2f}",
+            f"<= {TARGET_FIXED_VS_BASELINE}",
+            verdict(fixed, TARGET_FIXED_VS_BASELINE, at_least=False),
+        ),
+        (
+            "validation GFLOP/s / step GFLOP/s (each alone)",
+            f"{validation:.2f}",
+            f">= {TARGET_VALIDATION_VS_STEP:g}",
+            verdict(validation, TARGET_VALIDATION_VS_STEP, at_least=True),
+        ),
+        ("  the same inside the train stage", f"{in_stage:.2f}", "", "info"),
+    ]
+    if queue:
+        q = queue["ratio"]
+        rows.append(
+            (
+                f"`dvc queue start -j 2` / one after the other ({queue['repeats']} x 2 experiments)",
+                f"{q:.2f}",
+                f"<= {TARGET_QUEUE_VS_SERIAL}",
+                verdict(q, TARGET_QUEUE_VS_SERIAL, at_least=False),
+            )
+        )
+    rows.append(
+        (
+            f"no-op `dvc repro` (median of {NOOP_REPEATS})",
+            f"{noop:.2f} s",
+            f"<= {TARGET_NOOP_SECONDS:g} s",
+            verdict(noop, TARGET_NOOP_SECONDS, at_least=False),
+        )
+    )
+    rows = [r for r in rows if not r[1].startswith("nan")]
+    return table(
+        rows, ("check (medians; fixed costs: of the per-repeat ratios)", "value", "target", "result")
+    )
+
+
+def explanations(runs: dict[str, list[tuple[Repro, Arithmetic]]], alone: list[dict[str, Any]]) -> str:
+    """How the ratios were computed, with their inputs."""
+    work = [w for _, w in runs["this code"]]
+    its = median_or_nan([a["its"] for a in alone])
+    lines = [
+        f"step alone:   {its:.1f} it/s; one validation pass alone "
+        f"{median_or_nan([a['validate_s'] for a in alone]):.3f} s (bench/step.py's `ours`, each repeat, fresh process)",
+        f"ideal rate:   step rate / (1 + validation share of the arithmetic, {work[0].validation_share:.1%} by FLOPs) = "
+        f"{median_or_nan([w.ideal_rate for w in work]):.1f} it/s",
+    ]
+    for name, pairs in runs.items():
+        rates = median_or_nan([float(r.train["iterations_per_second"]) for r, _ in pairs])
+        fixed = median_or_nan([fixed_seconds(r, w) for r, w in pairs])
+        lines.append(
+            f"{name + ':':<13} train loop {rates:.1f} it/s; fixed costs {fixed:.1f} s "
+            "(total - export stage - step compute - validation compute)"
+        )
+    return "\n".join(lines)
+
+
+def results_line(runs: dict[str, list[tuple[Repro, Arithmetic]]]) -> str:
+    """Whether every run (both code versions, all repeats) gave the same results."""
+    keys = ("best_iteration", "stopped_iteration", "best_validation_accuracy", "best_validation_loss")
+
+    def outcome(run: Repro) -> tuple[Any, ...]:
+        test = [run.test.get(n, {}).get("correct") for n in ("best", "final", "untrained")]
+        return (*(run.train.get(k) for k in keys), *test)
+
+    seen = {outcome(run) for pairs in runs.values() for run, _ in pairs}
+    first = next(iter(seen))
+    described = (
+        f"best {first[0]}, stopped {first[1]}, validation {first[2]:.2%}, "
+        f"test correct best/final/untrained {first[4]}/{first[5]}/{first[6]}"
+    )
+    if len(seen) == 1:
+        return f"results:  identical in every run ({described}; validation loss {first[3]!r})"
+    return "results:  DIFFER between runs: " + "; ".join(map(str, sorted(seen, key=str)))
+
+
+# --------------------------------------------------------------------------- queued experiments
+
+
+def exp_results(project: Path, env: dict[str, str]) -> dict[int, tuple[Any, ...]]:
+    """(best iteration, stop, best test correct) of each experiment in the project, by train.seed."""
+    shown = json.loads(
+        subprocess.run(
+            ["dvc", "exp", "show", "--json"], cwd=project, env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    found = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev.get("data") or {}
+                seed = (
+                    data.get("params", {}).get(str(PARAMS_FILE), {}).get("data", {}).get("train", {}).get("seed")
+                )
+                metrics = data.get("metrics") or {}
+                train = metrics.get(str(TRAIN_METRICS), {}).get("data", {})
+                test = metrics.get(str(TEST_METRICS), {}).get("data", {})
+                if seed in QUEUE_SEEDS and train:
+                    found[seed] = (
+                        train["best_iteration"],
+                        train["stopped_iteration"],
+                        test["best"]["correct"],
+                    )
+    return found
+
+
+def exp_refs(project: Path, env: dict[str, str]) -> int:
+    """How many experiment refs the repo holds (one per finished experiment)."""
+    out = subprocess.run(
+        ["git", "for-each-ref", "refs/exps/"], cwd=project, env=env, capture_output=True, text=True
+    )
+    return len(out.stdout.splitlines())
+
+
+def prepared_copy(source: Path, overrides: list[str], env: dict[str, str]) -> Path:
+    """A fresh project copy with the data downloaded and split, committed: experiments start at train."""
+    copy = fresh_copy(source, overrides, env)
+    subprocess.run(["dvc", "repro", "split"], cwd=copy, env=env, check=True, capture_output=True)
+    git(copy, env, "add", "-A")
+    git(copy, env, "commit", "-q", "-m", "data")
+    return copy
+
+
+def serial_seconds(project: Path, env: dict[str, str]) -> float:
+    """Two experiments (train.seed 1 and 2), one after the other, with the default threads."""
+    start = time.perf_counter()
+    for seed in QUEUE_SEEDS:
+        subprocess.run(
+            ["dvc", "exp", "run", "-S", f"train.seed={seed}"],
+            cwd=project,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    return time.perf_counter() - start
+
+
+def queued_seconds(project: Path, env: dict[str, str], timeout: float = 7200) -> float:
+    """The same two experiments queued, then `dvc queue start -j 2` with one thread each, until both are in."""
+    for seed in QUEUE_SEEDS:
+        subprocess.run(
+            ["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"],
+            cwd=project,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    threaded = {**env, **QUEUE_THREADS}
+    start = time.perf_counter()
+    subprocess.run(
+        ["dvc", "queue", "start", "-j", "2"], cwd=project, env=threaded, check=True, capture_output=True
+    )
+    checked = start
+    # Polled with git (milliseconds), not `dvc queue status` (a second of CPU each), which would slow the runs.
+    while exp_refs(project, env) < len(QUEUE_SEEDS):
+        time.sleep(0.5)
+        now = time.perf_counter()
+        if now - start > timeout:
+            raise SystemExit(f"bench: the queued experiments did not finish in {timeout:.0f} s")
+        if now - checked > 60:  # rarely: did one fail?
+            checked = now
+            status = subprocess.run(
+                ["dvc", "queue", "status"], cwd=project, env=env, capture_output=True, text=True
+            )
+            if "Failed" in status.stdout:
+                raise SystemExit(f"bench: a queued experiment failed:\n{status.stdout}")
+    elapsed = time.perf_counter() - start
+    subprocess.run(["dvc", "queue", "stop"], cwd=project, env=env, capture_output=True)
+    return elapsed
+
+
+def queue_bench(source: Path, overrides: list[str], env: dict[str, str], repeats: int) -> dict[str, Any]:
+    """Serial against `dvc queue start -j 2`, alternating which goes first; medians of the paired ratios."""
+    ratios, serial_times, queued_times, results = [], [], [], {}
+    for repeat in range(repeats):
+        order = ("serial", "queued") if repeat % 2 == 0 else ("queued", "serial")
+        times = {}
+        for mode in order:
+            copy = prepared_copy(source, overrides, env)
+            try:
+                times[mode] = (serial_seconds if mode == "serial" else queued_seconds)(copy, env)
+                results[mode] = exp_results(copy, env)
+            finally:
+                shutil.rmtree(copy, ignore_errors=True)
+            print(f"  queue repeat {repeat + 1}/{repeats}  {mode:<7} {times[mode]:.1f} s", flush=True)
+        ratios.append(times["queued"] / times["serial"])
+        serial_times.append(times["serial"])
+        queued_times.append(times["queued"])
+    return {
+        "ratio": statistics.median(ratios),
+        "repeats": repeats,
+        "serial": statistics.median(serial_times),
+        "queued": statistics.median(queued_times),
+        "results": results,
+    }
+
+
+def queue_lines(queue: dict[str, Any]) -> str:
+    """The queue comparison's times and whether one thread per experiment changed the results."""
+    threads = " ".join(f"{k}={v}" for k, v in QUEUE_THREADS.items())
+    lines = [
+        f"queue:    two experiments (train.seed={' and '.join(map(str, QUEUE_SEEDS))}): one after the other "
+        f"{queue['serial']:.1f} s (default threads); `{threads} dvc queue start -j 2` {queue['queued']:.1f} s",
+    ]
+    serial, queued = queue["results"].get("serial", {}), queue["results"].get("queued", {})
+    for seed in QUEUE_SEEDS:
+        a, b = serial.get(seed), queued.get(seed)
+        same = "the same" if a == b else "DIFFERENT"
+        lines.append(
+            f"          seed {seed}: best/stop/test-correct {a} serial, {b} queued with 1 thread: {same}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
 
 
 def absolute(value: str, source: Path) -> str:
@@ -176,97 +680,86 @@ def stage_env(mirror: str | None, source: Path) -> dict[str, str]:
     extra = {"MNIST_MIRROR": absolute(mirror, source), "PYTHONPATH": ""}  # the stages run the copy's code
     if digests := os.environ.get("MNIST_DIGESTS"):
         extra["MNIST_DIGESTS"] = absolute(digests, source)
-    return child_env(**extra)
+    env = child_env(**extra)
+    env.pop(TIMINGS_ENV, None)  # set per run
+    return env
 
 
-def stages_table(result: Repro) -> str:
-    """Wall time and peak RSS per stage."""
+def stages_table(run: Repro) -> str:
+    """Wall time and peak RSS per stage, of one run."""
     rows = [
-        (name, f"{t:.1f}", f"{result.peak_rss_kib.get(name, 0) / 1024:.0f}")
-        for name, t in result.stage_seconds.items()
+        (name, f"{t:.1f}", f"{run.peak_rss_kib.get(name, 0) / 1024:.0f}")
+        for name, t in run.stage_seconds.items()
     ]
-    rows.append(("dvc start-up, before the first stage", f"{result.startup_seconds:.1f}", ""))
-    rows.append(("total `dvc repro`", f"{result.total_seconds:.1f}", ""))
-    head = ("stage (from its start to the next's, DVC's caching included)", "wall s", "peak RSS MiB")
-    return table(rows, head)
+    return table(rows, ("stage (last run of this code)", "wall s", "peak RSS MiB"))
 
 
-def checks_table(result: Repro, noop: float) -> str:
-    """Everything-but-train share and the no-op time against their targets."""
-    train = result.stage_seconds.get("train", math.nan)
-    others = (result.total_seconds - train) / train
-    rows = [
-        (
-            "everything but train (other stages, DVC) / train",
-            f"{others:.0%}",
-            f"<= {TARGET_OTHER_STAGES_SHARE:.0%}",
-            verdict(others, TARGET_OTHER_STAGES_SHARE, at_least=False),
-        ),
-        (
-            f"no-op `dvc repro` (median of {NOOP_REPEATS})",
-            f"{noop:.2f} s",
-            f"<= {TARGET_NOOP_SECONDS:g} s",
-            verdict(noop, TARGET_NOOP_SECONDS, at_least=False),
-        ),
-    ]
-    return table(rows, ("check", "value", "target", "result"))
-
-
-def run_metrics(project: Path) -> str:
-    """Best validation accuracy, stop point and speed of the run, and its test accuracies."""
-    lines = []
-    if (project / TRAIN_METRICS).is_file():
-        m = json.loads((project / TRAIN_METRICS).read_text())
-        lines.append(
-            f"train:    best validation accuracy {m['best_validation_accuracy']:.2%} at iteration "
-            f"{m['best_iteration']}, stopped at {m['stopped_iteration']} ({m['stop_reason']}), "
-            f"{m['iterations_per_second']} it/s over the stage's loop (validation and saves included)"
-        )
-    if (project / TEST_METRICS).is_file():
-        flat = flatten(json.loads((project / TEST_METRICS).read_text()))
-        accuracies = {k: v for k, v in flat.items() if k.endswith("accuracy") and isinstance(v, float)}
-        shown = ", ".join(f"{k} {v:.2%}" for k, v in accuracies.items()) or json.dumps(flat)
-        lines.append(f"test:     {shown}")
-    return "\n".join(lines)
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested JSON as {'a.b': value}."""
-    if not isinstance(data, dict):
-        return {prefix: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
+def run_metrics(run: Repro) -> str:
+    """Best validation accuracy, stop point and speed of a run, and its test accuracies."""
+    m, t = run.train, run.test
+    return (
+        f"train:    best validation accuracy {m['best_validation_accuracy']:.2%} at iteration "
+        f"{m['best_iteration']}, stopped at {m['stopped_iteration']} ({m['stop_reason']}), "
+        f"{m['iterations_per_second']} it/s over the stage's loop (validation and saves included)\n"
+        f"test:     "
+        + ", ".join(f"{k} {t[k]['accuracy']:.2%}" for k in ("best", "final", "untrained") if k in t)
+    )
 
 
 def bench(args: argparse.Namespace) -> None:
-    """Run the whole pipeline in a temporary copy of the project and print its costs."""
+    """Run the pipeline (alternating with the baseline), print the budget and the ratios."""
     env = stage_env(args.mirror, args.project)
     overrides = list(args.set or []) + ([f"train.precision={args.precision}"] if args.precision else [])
-    copy = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    try:
-        copy_project(args.project, copy)
-        set_params(copy / PARAMS_FILE, overrides)
-        init_repo(copy, env)
-        lines = header("Pipeline benchmark: `dvc repro` in a fresh copy (new git repo, DVC cache, outputs)")
-        lines.append(f"project:  {args.project}")
-        lines.append(f"params:   params.yaml{' with ' + ', '.join(overrides) if overrides else ''}")
-        print("\n".join(lines), flush=True)
-        result = repro(copy, env)
-        noop = noop_seconds(copy, env)
-        print()
-        print(stages_table(result))
-        print()
-        print(checks_table(result, noop))
-        print()
-        print("peak RSS: VmHWM of each stage's python process, polled every 0.2 s")
-        print(run_metrics(copy))
-    finally:
-        if args.keep:
-            print(f"kept:     {copy}")
-        else:
-            shutil.rmtree(copy, ignore_errors=True)
+    versions = {"this code": args.project, **({"baseline": args.baseline} if args.baseline else {})}
+    lines = header("Pipeline benchmark: cold `dvc repro` in fresh copies (new git repo, DVC cache, outputs)")
+    lines += [f"{name + ':':<9} {path}" for name, path in versions.items()]
+    lines.append(
+        f"params:   params.yaml{' with ' + ', '.join(overrides) if overrides else ''}; "
+        f"{args.repeats} repeat(s), versions alternating"
+    )
+    print("\n".join(lines), flush=True)
+
+    cfg = overridden(args.project / PARAMS_FILE, overrides)["train"]
+    runs: dict[str, list[tuple[Repro, Arithmetic]]] = {name: [] for name in versions}
+    alone: list[dict[str, Any]] = []
+    noop, last = math.nan, None
+    for repeat in range(args.repeats):
+        order = list(versions) if repeat % 2 == 0 else list(reversed(versions))
+        done: dict[str, Repro] = {}
+        for name in order:
+            copy = fresh_copy(versions[name], overrides, env)
+            try:
+                done[name] = repro(copy, env)
+                if name == "this code":
+                    alone.append(step_alone(copy, args.step_seconds))
+                    if repeat == args.repeats - 1:
+                        noop, last = noop_seconds(copy, env), done[name]
+            finally:
+                if args.keep and repeat == args.repeats - 1:
+                    print(f"kept:     {copy}")
+                else:
+                    shutil.rmtree(copy, ignore_errors=True)
+            print(
+                f"  repeat {repeat + 1}/{args.repeats}  {name:<10} dvc repro {done[name].total_seconds:.1f} s, "
+                f"train loop {done[name].train.get('iterations_per_second')} it/s",
+                flush=True,
+            )
+        for name, run in done.items():
+            runs[name].append((run, arithmetic(run, alone[-1], cfg)))
+    queue = queue_bench(args.project, overrides, env, args.queue) if args.queue else None
+
+    assert last is not None
+    print()
+    print(budget_table(runs))
+    print()
+    print(ratios_table(runs, alone, cfg, queue, noop))
+    print()
+    print(explanations(runs, alone))
+    if queue:
+        print(queue_lines(queue))
+    print(results_line(runs))
+    print(run_metrics(last))
+    print(stages_table(last))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -282,17 +775,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where the stages download MNIST from, relative to the project root (default: $MNIST_MIRROR)",
     )
     parser.add_argument(
-        "--precision",
-        choices=("float32", "mixed_bfloat16", "mixed_float16"),
-        help="train.precision for the run",
+        "--baseline",
+        type=lambda s: Path(s).resolve(),
+        metavar="DIR",
+        help="another checkout of the project (e.g. `git worktree add ../before <commit>`) to compare with",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="cold runs of each version (default 1)")
+    parser.add_argument(
+        "--step-seconds",
+        type=float,
+        default=STEP_SECONDS,
+        help=f"how long to time the step alone after each repeat (default {STEP_SECONDS:g})",
     )
     parser.add_argument(
-        "--set",
-        action="append",
-        metavar="SECTION.KEY=VALUE",
-        help="override a params.yaml key in the copy (repeatable)",
+        "--queue",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        metavar="REPEATS",
+        help="also time two experiments one after the other against `dvc queue start -j 2` (default 1 repeat)",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the temporary project copy")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+        help="train.precision for the runs",
+    )
+    parser.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a params.yaml key (repeatable)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the last run's temporary project copy")
     return parser.parse_args(argv)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from mnist_early_stopping import timings
 from mnist_early_stopping.atomic import write_atomic, write_json
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.cli import first_line
@@ -116,10 +117,13 @@ def export(batch_size: int = BATCH_SIZE) -> None:
         raise SystemExit(f"export: {split_path('test')} is empty; re-run the split stage: dvc repro -f split")
     try:
         # Loaded first: a missing or broken SavedModel fails in one line, before TensorFlow is imported.
-        reference = load_network(BEST_MODEL, batch_size)(images)
-        model = convert(BEST_MODEL)
-        interpreter, interpreter_name = interpreter_class()
-        candidate = tflite_probabilities(model, images, batch_size, interpreter)
+        with timings.phase("SavedModel: load and predict"):
+            reference = load_network(BEST_MODEL, batch_size)(images)
+        with timings.phase("convert"):
+            model = convert(BEST_MODEL)
+        with timings.phase("TFLite: load and predict"):
+            interpreter, interpreter_name = interpreter_class()
+            candidate = tflite_probabilities(model, images, batch_size, interpreter)
     except NetworkError as e:
         raise SystemExit(f"export: {e}; run the train stage first (dvc repro train)") from None
     except ExportError as e:

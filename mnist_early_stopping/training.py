@@ -462,7 +462,7 @@ def write_networks(runner: Trainer, model_cfg: params.ModelParams, precision: st
 
 
 def cpu_description() -> str:
-    """The CPU and the widest vector ISA oneDNN may use on it: float32 results differ between ISAs."""
+    """The CPU, the widest vector ISA oneDNN may use on it and any thread limit: float32 results differ with each."""
     flags, model = set(), "unknown CPU"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -476,7 +476,9 @@ def cpu_description() -> str:
         pass
     isa = next((name for name, flag in ISA_FLAGS if flag in flags), "unknown ISA")
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return f"{model}, {isa}" + (f", oneDNN limited to {limit}" if limit else "")
+    threads = os.environ.get("TF_NUM_INTRAOP_THREADS")  # results differ with the thread count too
+    return (f"{model}, {isa}" + (f", oneDNN limited to {limit}" if limit else "")
+            + (f", {threads} intra-op threads" if threads else ""))
 
 
 # Widest first: the first flag the CPU has names the kernels oneDNN dispatches to.

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_stage, stage_env
+from tests.conftest import ROOT, copy_project, run_stage, stage_env
 
 pytestmark = pytest.mark.slow
 
 
-def run_bench(script: str, *args: str, env: dict[str, str] | None = None) -> str:
+def run_bench(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
     """Run bench/<script> with args; return its output, failing the test if it exits non-zero."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), *args],
-        env=env or dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        env=env or dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
     )
     assert result.returncode == 0, f"bench/{script} failed ({result.returncode}):\n{result.stdout}"
     return result.stdout
@@ -40,17 +40,32 @@ def test_step_bench_times_our_trainer_on_the_projects_data(project: Path, tiny_m
     assert "efficiency:" in out and "failed" not in out
 
 
-def test_pipeline_bench_times_every_stage(project: Path, tiny_mirror) -> None:
+def test_pipeline_bench_prints_the_budget_and_the_ratios(project: Path, tiny_mirror, tmp_path: Path) -> None:
     mirror, digests = tiny_mirror
     env = dict(os.environ, MNIST_DIGESTS=str(digests))
+    baseline = copy_project(tmp_path / "baseline")  # the same code, as a stand-in for an older checkout
     # Training to train.max_iterations only: the stages' start-up dominates anyway.
     out = run_bench(
-        "pipeline.py", "--project", str(project), "--mirror", str(mirror),
-        "--set", "train.max_iterations=40", env=env,
+        "pipeline.py", "--project", str(project), "--mirror", str(mirror), "--baseline", str(baseline),
+        "--set", "train.max_iterations=40", "--step-seconds", "1", "--queue", env=env, timeout=900,
     )
-    for stage in ("download", "split", "train", "evaluate", "plots"):
-        assert re.search(rf"^{stage}\s+\d+\.\d\s+\d+$", out, re.MULTILINE), out
-    assert re.search(r"^total `dvc repro`\s+\d+\.\d$", out, re.MULTILINE), out
+    assert "params:   params.yaml with train.max_iterations=40; 1 repeat(s), versions alternating" in out
+    number = r"-?\d+\.\d"
+    for stage in ("download", "split", "train", "evaluate", "plots", "export"):
+        # Both versions' stage times, and this code's phases and DVC's share.
+        assert re.search(rf"^{stage}: stage in all \(DVC's time for it included\)\s+{number}\s+{number}$", out,
+                         re.MULTILINE), out
+    for line in ("import TensorFlow", "trace the graphs", "step compute: iterations x step time alone",
+                 "validation compute: passes x pass time alone", "load the 3 SavedModels",
+                 "draw and write the figures", "DVC: hashing, cache, lock, run-cache"):
+        assert re.search(rf"^  {re.escape(line)}\s+{number}", out, re.MULTILINE), (line, out)
+    assert re.search(rf"^total `dvc repro`\s+{number}\s+{number}$", out, re.MULTILINE), out
+    for check in ("train stage rate / ideal rate", "fixed costs: this code / baseline",
+                  re.escape("validation GFLOP/s / step GFLOP/s (each alone)"),
+                  re.escape("`dvc queue start -j 2` / one after the other (1 x 2 experiments)")):
+        assert re.search(rf"^{check}\s+\d+\.\d+\s+\S+ \S+\s+(PASS|MISS)$", out, re.MULTILINE), (check, out)
     assert re.search(r"^no-op `dvc repro` \(median of 3\)\s+\d+\.\d\d s", out, re.MULTILINE), out
-    assert "params:   params.yaml with train.max_iterations=40" in out
+    # The same code twice: the same results; the queued experiments with one thread are compared too.
+    assert "results:  identical in every run" in out
+    assert re.search(r"^          seed 1: best/stop/test-correct \(\d+, 40, \d+\) serial", out, re.MULTILINE), out
     assert re.search(r"^train: .* stopped at 40 \(max_iterations\)", out, re.MULTILINE), out
