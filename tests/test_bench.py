@@ -47,7 +47,8 @@ def test_pipeline_bench_prints_the_budget_and_the_ratios(project: Path, tiny_mir
     # Training to train.max_iterations only: the stages' start-up dominates anyway.
     out = run_bench(
         "pipeline.py", "--project", str(project), "--mirror", str(mirror), "--baseline", str(baseline),
-        "--set", "train.max_iterations=40", "--step-seconds", "1", "--queue", env=env, timeout=900,
+        "--set", "train.max_iterations=40", "--step-seconds", "1", "--queue", "--queue-iterations", "40",
+        env=env, timeout=900,
     )
     assert "params:   params.yaml with train.max_iterations=40; 1 repeat(s), versions alternating" in out
     number = r"-?\d+\.\d"
@@ -61,7 +62,7 @@ def test_pipeline_bench_prints_the_budget_and_the_ratios(project: Path, tiny_mir
         assert re.search(rf"^  {re.escape(line)}\s+{number}", out, re.MULTILINE), (line, out)
     assert re.search(rf"^total `dvc repro`\s+{number}\s+{number}$", out, re.MULTILINE), out
     for check in ("train stage rate / ideal rate", "fixed costs: this code / baseline",
-                  re.escape("validation GFLOP/s / step GFLOP/s (each alone)"),
+                  re.escape("validation GFLOP/s / step GFLOP/s, in the train stage"),
                   re.escape("`dvc queue start -j 2` / one after the other (1 x 2 experiments)")):
         assert re.search(rf"^{check}\s+\d+\.\d+\s+\S+ \S+\s+(PASS|MISS)$", out, re.MULTILINE), (check, out)
     assert re.search(r"^no-op `dvc repro` \(median of 3\)\s+\d+\.\d\d s", out, re.MULTILINE), out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_early_stopping.training import log_line, manifest_differences
+from mnist_early_stopping.training import cpu_description, log_line, manifest_differences
 from tests.conftest import read_curves, run_stage, stage_env, write_params
 
 RESULT_KEYS = ("best_iteration", "stopped_iteration", "best_validation_accuracy", "best_validation_loss", "stop_reason")
@@ -20,6 +20,17 @@ RESULT_KEYS = ("best_iteration", "stopped_iteration", "best_validation_accuracy"
 def test_log_line_matches_the_tutorial():
     assert log_line(4800, 1.0, 0.988, True) == "Iter:   4800, Train-Batch Accuracy: 100.0%, Validation Acc:  98.8% *"
     assert log_line(100, 0.844, 0.852, False) == "Iter:    100, Train-Batch Accuracy:  84.4%, Validation Acc:  85.2%"
+
+
+def test_cpu_description_names_the_isa_limit_and_the_thread_count(monkeypatch: pytest.MonkeyPatch):
+    # Both change float32 results, so metrics/train.json and the provenance record them.
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    plain = cpu_description()
+    assert "limited" not in plain and "threads" not in plain
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")
+    assert cpu_description() == f"{plain}, oneDNN limited to AVX2, 1 intra-op threads"
 
 
 def test_manifest_differences_name_what_changed():
