@@ -365,60 +365,60 @@ def stage_total(stage: str) -> Callable[[Repro, Arithmetic], float]:
     return lambda run, work: run.stage_seconds.get(stage, math.nan)
 
 
+# Each stage's phases in the budget, in order: (label, the $MNIST_TIMINGS phase names it sums).
+PHASE_ROWS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "train": (
+        ("import TensorFlow", "import tensorflow"),
+        ("set up: data, network, checkpoints, DVCLive", "set up"),
+        ("trace the graphs", "trace graphs"),
+        # the step and validation arithmetic go here (budget_rows)
+        ("save the best network (atomic, each improvement)", "save best"),
+        ("checkpoints", "checkpoint"),
+        ("loop: log line, live curves, Python", "loop: other work"),
+        ("write networks (3 SavedModels, 3 .keras)", "write networks"),
+    ),
+    "evaluate": (
+        ("import TensorFlow", "import tensorflow"),
+        ("load the 3 SavedModels", "load networks"),
+        ("predict: 5000 validation + 3 x 10000 test images", "predict"),
+    ),
+    "plots": (("read inputs", "read inputs"), ("draw and write the figures", "draw figures")),
+    "export": (
+        ("import TensorFlow", "import tensorflow"),
+        ("SavedModel: load, predict the test set", "SavedModel: load and predict"),
+        ("convert to TFLite", "convert"),
+        ("TFLite: load, predict the test set", "TFLite: load and predict"),
+    ),
+}
+
+
+def arithmetic_rows() -> list[Row]:
+    """The train stage's step and validation compute, and how far its own steps and passes took longer."""
+    steps, validation = phase("train", "train steps"), phase("train", "validation")
+    return [
+        ("train", "  step compute: iterations x step time alone", lambda run, work: work.steps),
+        ("train", "  steps beyond the step time alone", lambda run, work: steps(run, work) - work.steps),
+        ("train", "  validation compute: passes x pass time alone", lambda run, work: work.validation),
+        (
+            "train",
+            "  validation beyond the pass time alone",
+            lambda run, work: validation(run, work) - work.validation,
+        ),
+    ]
+
+
 def budget_rows(stages: list[str]) -> list[Row]:
     """Every line of the budget, stage by stage, in the order the stages ran."""
     rows: list[Row] = [("dvc", "start-up, before the first stage", lambda run, work: run.startup_seconds)]
     for stage in stages:
         rows.append((stage, "stage in all (DVC's time for it included)", stage_total(stage)))
         rows.append((stage, "  Python start-up and imports (TensorFlow apart)", untimed(stage)))
-        if stage == "train":
-            rows += [
-                (stage, "  import TensorFlow", phase(stage, "import tensorflow")),
-                (
-                    stage,
-                    "  set up: data, network, checkpoints, DVCLive",
-                    phase(stage, "set up", "import keras and the trainer"),
-                ),
-                (stage, "  trace the graphs", phase(stage, "trace graphs")),
-                (stage, "  step compute: iterations x step time alone", lambda run, work: work.steps),
-                (
-                    stage,
-                    "  steps beyond the step time alone",
-                    lambda run, work: phase("train", "train steps")(run, work) - work.steps,
-                ),
-                (stage, "  validation compute: passes x pass time alone", lambda run, work: work.validation),
-                (
-                    stage,
-                    "  validation beyond the pass time alone",
-                    lambda run, work: phase("train", "validation")(run, work) - work.validation,
-                ),
-                (stage, "  save the best network (atomic, each improvement)", phase(stage, "save best")),
-                (stage, "  checkpoints", phase(stage, "checkpoint")),
-                (stage, "  loop: log line, live curves, Python", phase(stage, "loop: other work")),
-                (stage, "  write networks (3 SavedModels, 3 .keras)", phase(stage, "write networks")),
-            ]
-        elif stage == "evaluate":
-            rows += [
-                (stage, "  import TensorFlow", phase(stage, "import tensorflow")),
-                (stage, "  load the 3 SavedModels", phase(stage, "load networks")),
-                (stage, "  predict: 5000 validation + 3 x 10000 test images", phase(stage, "predict")),
-            ]
-        elif stage == "plots":
-            rows += [
-                (stage, "  read inputs", phase(stage, "read inputs")),
-                (stage, "  draw and write the figures", phase(stage, "draw figures")),
-            ]
-        elif stage == "export":
-            rows += [
-                (stage, "  import TensorFlow", phase(stage, "import tensorflow")),
-                (
-                    stage,
-                    "  SavedModel: load, predict the test set",
-                    phase(stage, "SavedModel: load and predict"),
-                ),
-                (stage, "  convert to TFLite", phase(stage, "convert")),
-                (stage, "  TFLite: load, predict the test set", phase(stage, "TFLite: load and predict")),
-            ]
+        phase_rows = [
+            (stage, f"  {label}", phase(stage, *names)) for label, *names in PHASE_ROWS.get(stage, ())
+        ]
+        if stage == "train":  # after tracing, before the saves
+            phase_rows[3:3] = arithmetic_rows()
+        rows += phase_rows
         rows.append((stage, "  DVC: hashing, cache, lock, run-cache", dvc_part(stage)))
     return rows
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mnist_early_stopping.cli import StageError
 from mnist_early_stopping import params
+from mnist_early_stopping.cli import StageError
 
 MIRROR_ENV = "MNIST_MIRROR"
 # A JSON file {"name": {"size": N, "sha256": "..."}} replacing the canonical

@@ -12,10 +12,11 @@ from mnist_early_stopping import timings
 from mnist_early_stopping.atomic import json_bytes, prepare_file, write_files
 from mnist_early_stopping.data import load_split, load_train_metrics
 from mnist_early_stopping.layout import (
-    BEST_KERAS, BEST_MODEL, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, NUM_CLASSES, PER_CLASS,
+    BEST_KERAS, BEST_MODEL, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, PER_CLASS,
     PREDICTIONS, TEST_METRICS, TRAIN_METRICS,
 )
 from mnist_early_stopping.network import Network, NetworkError, load_any
+from mnist_early_stopping.scores import class_metrics, confusion
 
 # The networks the train stage writes, by how they are loaded.
 NETWORK_FILES = {
@@ -49,34 +50,6 @@ def summary(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
         "loss": round(float(cross_entropy(labels, probabilities).mean()), 6),
         "correct": correct,
         "total": int(labels.size),
-    }
-
-
-def confusion(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Confusion matrix: rows are the true class, columns the predicted class."""
-    # numpy, not scikit-learn: importing sklearn.metrics costs this stage 1.4 s, more than all its scoring.
-    pairs = labels.astype(np.int64) * NUM_CLASSES + predicted.astype(np.int64)
-    return np.bincount(pairs, minlength=NUM_CLASSES * NUM_CLASSES).reshape(NUM_CLASSES, NUM_CLASSES)
-
-
-def class_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    """Macro F1 and per-class precision, recall and F1, keyed by the class as a string.
-
-    The numbers of scikit-learn's precision_recall_fscore_support with
-    zero_division=0 (a test compares them), from the confusion matrix.
-    """
-    matrix = confusion(labels, predicted).astype(np.float64)
-    hits, predicted_count, true_count = np.diag(matrix), matrix.sum(axis=0), matrix.sum(axis=1)
-    precision = np.divide(hits, predicted_count, out=np.zeros_like(hits), where=predicted_count > 0)
-    recall = np.divide(hits, true_count, out=np.zeros_like(hits), where=true_count > 0)
-    both = precision + recall
-    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
-    return {
-        "macro_f1": round(float(f1.mean()), 6),
-        "per_class": {
-            str(c): {"precision": round(float(p), 6), "recall": round(float(r), 6), "f1": round(float(f), 6)}
-            for c, p, r, f in zip(range(NUM_CLASSES), precision, recall, f1)
-        },
     }
 
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from mnist_early_stopping import timings
 from mnist_early_stopping.atomic import write_atomic, write_json
-from mnist_early_stopping.data import load_split
 from mnist_early_stopping.cli import first_line
+from mnist_early_stopping.data import load_split
 from mnist_early_stopping.layout import (
     BEST_MODEL, EXPORT_METRICS, IMAGE_SHAPE, NUM_CLASSES, PIXEL_SCALE, TFLITE_MODEL, split_path,
 )

@@ -14,6 +14,7 @@ from mnist_early_stopping.cli import first_line
 from mnist_early_stopping.data import NPZ_ERRORS, load_split, load_train_metrics
 from mnist_early_stopping.layout import CURVES, KERNELS, NUM_CLASSES, PREDICTIONS, curve_path, split_path
 from mnist_early_stopping.model_files import conv_layer_names, read_kernels
+from mnist_early_stopping.scores import confusion
 
 # Figure sizes in inches are fixed, so pixel sizes depend on plots.dpi only.
 GRID_SIZE = (6.0, 6.6)
@@ -129,7 +130,7 @@ def misclassified_figure(images: np.ndarray, labels: np.ndarray, predicted: np.n
 def confusion_figure(labels: np.ndarray, predicted: np.ndarray) -> Figure:
     """Confusion matrix of the restored best network on the test set, with counts."""
     # Drawn here, not with scikit-learn's ConfusionMatrixDisplay: importing sklearn costs the stage 1.4 s.
-    matrix = np.bincount(labels * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, -1)
+    matrix = confusion(labels, predicted)
     fig = Figure(figsize=CONFUSION_SIZE, layout="constrained")
     ax = fig.subplots()
     cmap = matplotlib.colormaps["Blues"]

@@ -101,8 +101,14 @@ def hidden_modules(names: tuple[str, ...]) -> Iterator[None]:
                 del sys.modules[name]
 
 
+_tensorflow: ModuleType | None = None
+
+
 def import_tensorflow() -> ModuleType:
-    """Import TensorFlow and load its device platforms, dropping only the known start-up noise."""
+    """Import TensorFlow and load its device platforms (once a process), dropping only the start-up noise."""
+    global _tensorflow
+    if _tensorflow is not None:  # evaluate loads three networks: the filter and device listing run once
+        return _tensorflow
     # TensorFlow's own info lines (after absl's start) go by its log level; warnings stay.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with timings.phase("import tensorflow"), filtered_stderr(NoiseFilter().keep), hidden_modules(
@@ -114,4 +120,5 @@ def import_tensorflow() -> ModuleType:
         # (cuInit's failure is logged then); it does not start the runtime,
         # so logical devices can still be configured afterwards.
         tf.config.list_physical_devices("GPU")
+    _tensorflow = tf
     return tf

@@ -52,7 +52,7 @@ def phases() -> dict[str, dict[str, float]]:
 
 
 def process_start_epoch() -> float | None:
-    """When this process started, in seconds since the epoch (Linux), so the interpreter's start-up counts too."""
+    """When this process started, in seconds since the epoch (Linux): Python's own start-up counts too."""
     try:
         with open("/proc/self/stat", encoding="ascii") as f:
             start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
@@ -63,7 +63,7 @@ def process_start_epoch() -> float | None:
     return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
 
 
-def write(stage: str, extra: dict[str, float] | None = None) -> None:
+def write(stage: str) -> None:
     """Append this process's phases to $MNIST_TIMINGS, if it is set."""
     target = os.environ.get(TIMINGS_ENV)
     if not target:
@@ -74,11 +74,11 @@ def write(stage: str, extra: dict[str, float] | None = None) -> None:
         "started": process_start_epoch(),
         "ended": time.time(),
         "phases": phases(),
-        **(extra or {}),
     }
     # One write of one line in append mode: records of processes running at once do not interleave.
     try:
         with open(target, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
     except OSError as e:  # a measurement aid: never the reason a stage fails
-        print(f"{stage}: could not append timings to ${TIMINGS_ENV} ({target}): {e.strerror}", file=sys.stderr)
+        print(f"{stage}: could not append timings to ${TIMINGS_ENV} ({target}): {e.strerror}",
+              file=sys.stderr)

@@ -305,10 +305,9 @@ def run(
     chief: bool = True,
 ) -> None:
     """The training loop; only the chief reads checkpoints, prints progress and writes outputs."""
-    with timings.phase("import keras and the trainer"):
-        from mnist_early_stopping import trainer  # TensorFlow
+    with timings.phase("set up"):  # Keras's import too
+        from mnist_early_stopping import trainer
 
-    with timings.phase("set up"):
         trainer.configure(cfg)
         manifest = run_manifest(model_cfg, cfg)
         train_data, validation_data = load_split("train", "train"), load_split("validation", "train")
