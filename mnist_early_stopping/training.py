@@ -31,6 +31,7 @@ from mnist_early_stopping import distribute, params, timings
 from mnist_early_stopping.atomic import write_json
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.deps import ROOT, import_closure
+from mnist_early_stopping.digests import sha256_file, sha256_tree
 from mnist_early_stopping.early_stopping import EarlyStopping, evaluation_points
 from mnist_early_stopping.layout import (
     BEST_KERAS, BEST_MODEL, CHECKPOINT_DIR, CURVES, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, KERNELS,
@@ -57,15 +58,6 @@ def log_line(iteration: int, train_accuracy: float, validation_accuracy: float, 
         f"Validation Acc: {validation_accuracy:>6.1%}"
     )
     return line + " *" if improved else line
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's content."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run_manifest(model_cfg: params.ModelParams, cfg: params.TrainParams) -> dict[str, Any]:
@@ -403,9 +395,16 @@ def finish(
         "replicas": runner.replicas,
         "strategy": strategy_name,
         "cpu": cpu_description(),
+        # What evaluate checks before scoring: the best network it loads is this run's.
+        "best_network_sha256": best_network_digests(),
     }
     write_json(TRAIN_METRICS, metrics)
     remove_checkpoints()
+
+
+def best_network_digests() -> dict[str, str]:
+    """SHA-256 of the best network as written: the SavedModel's variables and the .keras file."""
+    return {"savedmodel": sha256_tree(BEST_MODEL / "variables"), "keras": sha256_file(BEST_KERAS)}
 
 
 def remove_checkpoints() -> None:

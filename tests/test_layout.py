@@ -12,7 +12,7 @@ from mnist_early_stopping.deps import import_closure, imported_modules
 from tests.conftest import ROOT
 
 CODE_DIRS = ("stages/", "mnist_early_stopping/")
-STAGES = ("download", "split", "train", "evaluate", "plots", "export")
+STAGES = ("check_params", "download", "split", "train", "evaluate", "plots", "export")
 
 
 def declared_stages(text: str | None = None) -> dict[str, dict]:
