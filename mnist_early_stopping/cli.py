@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mnist_early_stopping import timings
+
+if TYPE_CHECKING:
+    from mnist_early_stopping.run_inputs import Inputs
 
 # Set to 1 to get the full traceback of an unexpected error.
 DEBUG_ENV = "MNIST_DEBUG"
@@ -28,11 +31,24 @@ class StageError(Exception):
     code = 1
 
 
+# The running stage's inputs as it started (run_inputs.take), for verify_inputs.
+_started: Inputs | None = None
+
+
+def verify_inputs() -> None:
+    """Raise a StageError if the running stage's params, code or input files changed since it started."""
+    from mnist_early_stopping import run_inputs
+
+    run_inputs.verify(_started)
+
+
 def run_main(stage: str, main: Callable[[], object]) -> int:
     """Run a stage's main; return its exit status, turning an error into one line on stderr.
 
     SystemExit and KeyboardInterrupt pass through unchanged: the stages already
     exit with their own one-line messages, and the train stage stops on a signal.
+    A stage exits 0 only if its inputs (as dvc.yaml declares them) are still
+    what it started with: else DVC would record the run with other inputs.
     With $MNIST_TIMINGS set, the stage's phases are appended to that file however it ends.
     """
     try:
@@ -42,8 +58,13 @@ def run_main(stage: str, main: Callable[[], object]) -> int:
 
 
 def _run(stage: str, main: Callable[[], object]) -> int:
+    global _started
+    from mnist_early_stopping import run_inputs
+
     try:
+        _started = run_inputs.take(stage)
         main()
+        verify_inputs()
     except StageError as e:
         print(f"{stage}: {e}", file=sys.stderr)
         return e.code

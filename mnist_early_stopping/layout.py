@@ -36,10 +36,8 @@ PREPROCESSING = (
 )
 
 # Work in progress of the train stage, outside DVC's outputs so that it
-# survives DVC clearing them before a re-run.
+# survives DVC clearing them before a re-run: the store of checkpoints.py.
 CHECKPOINT_DIR = Path("checkpoints/train")
-# Held by the training that writes there: one training of a workspace at a time.
-TRAIN_LOCK = Path("checkpoints/train.lock")
 
 DATA_METRICS = Path("metrics/data.json")
 TRAIN_METRICS = Path("metrics/train.json")

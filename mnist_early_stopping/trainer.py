@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_early_stopping import params
+from mnist_early_stopping import checkpoints, params
 from mnist_early_stopping.atomic import json_bytes, replace_dir, written_by_keras
 from mnist_early_stopping.distribute import from_chief, is_multi_worker, max_over_workers
 from mnist_early_stopping.layout import IMAGE_SHAPE, PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
@@ -71,17 +71,22 @@ class Trainer:
         self.train_labels = tf.constant(train_data[1].astype(np.int32))
         self.validation_images = tf.constant(validation_data[0])
         self.validation_labels = tf.constant(validation_data[1].astype(np.int32))
+        # Copies of the untrained and the best weights, in every checkpoint: a
+        # resumed run needs no other file, so nothing outside it can be mixed in.
+        with self.strategy.scope():
+            self.initial_weights = [tf.Variable(w, trainable=False) for w in self._weights()]
+            self.best_weights = [tf.Variable(w, trainable=False) for w in self._weights()]
         # Host-side JSON of the loop's state, only ever saved and restored: it
         # stays outside the strategy (no replica reads it; a GPU holds no strings).
         self.state_var = tf.Variable("", dtype=tf.string, trainable=False)
         self.checkpoint_dir = checkpoint_dir
-        self.best_path = checkpoint_dir / "best.weights.h5"
-        self.initial_path = checkpoint_dir / "initial.weights.h5"
+        self.best_path = checkpoint_dir / "best.weights.npz"
+        # The SHA-256 of best.weights.npz as last written (or as the restored checkpoint recorded it).
+        self.best_sha256: str | None = None
         self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, iteration=self.iteration_var, state=self.state_var
+            model=self.model, optimizer=self.optimizer, iteration=self.iteration_var, state=self.state_var,
+            initial=self.initial_weights, best=self.best_weights,
         )
-        # Made at the first save: by then the directory holds only this run's checkpoints.
-        self.manager: tf.train.CheckpointManager | None = None
         # One signature each: every chunk and every validation batch (the last,
         # shorter one too) runs the same graph, traced once by `trace`.
         self._train_steps = tf.function(self._train_steps_fn, input_signature=[tf.TensorSpec([], tf.int64)])
@@ -181,47 +186,51 @@ class Trainer:
             correct, loss = correct + int(c), loss + float(l)
         return {"validation_accuracy": correct / n, "validation_loss": loss / n}
 
-    def _save_weights_atomically(self, path: Path) -> None:
-        with written_by_keras(path, ".weights.h5") as tmp:  # an interrupted save's leftover removed first
-            self.model.save_weights(tmp)
+    def _weights(self) -> list[tf.Tensor]:
+        return [tf.convert_to_tensor(w) for w in self.model.weights]
 
     def save_best(self) -> None:
-        """Write the current weights as the best, atomically (write aside, then rename)."""
-        self._save_weights_atomically(self.best_path)
+        """Keep the current weights as the best: in memory (for checkpoints) and in best.weights.npz, atomically."""
+        for copy, weight in zip(self.best_weights, self._weights()):
+            copy.assign(weight)
+        # numpy, not h5py: a full disk is then an OSError, never a crash inside HDF5.
+        self.best_sha256 = checkpoints.write_weights(self.best_path, [w.numpy() for w in self.best_weights])
 
     def save_initial(self) -> None:
         """Keep the untrained weights, for the untrained network's export and the before/after plots."""
-        self._save_weights_atomically(self.initial_path)
+        for copy, weight in zip(self.initial_weights, self._weights()):
+            copy.assign(weight)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """A resumable checkpoint: weights, optimiser, iteration and the loop's state."""
-        self.state_var.assign(json.dumps(state))
-        if self.manager is None:
-            self.manager = tf.train.CheckpointManager(
-                self.checkpoint, self.checkpoint_dir / "latest", max_to_keep=self.cfg.keep_checkpoints
-            )
-        self.manager.save(checkpoint_number=self.iteration)
+        """A resumable checkpoint: weights, optimiser, iteration, the kept copies and the loop's state."""
+        self.state_var.assign(json.dumps({**state, "best_sha256": self.best_sha256}))
+        checkpoints.save(self.checkpoint, self.checkpoint_dir, self.iteration, state["manifest_sha256"],
+                         self.cfg.keep_checkpoints)
 
     def _numeric_state(self) -> list[Any]:
         """Every checkpointed variable but the loop's state string."""
-        return [*self.model.variables, *self.optimizer.variables, self.iteration_var]
+        return [*self.model.variables, *self.optimizer.variables, self.iteration_var,
+                *self.initial_weights, *self.best_weights]
 
-    def restore(self) -> dict[str, Any] | None:
-        """Restore the latest checkpoint; return the loop's state, or None (trainer untouched) if there is none."""
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir / "latest")
-        if latest is None or not self.best_path.is_file() or not self.initial_path.is_file():
-            return None
+    def restore(self, manifest_sha256: str) -> dict[str, Any] | None:
+        """Restore the newest intact checkpoint of this manifest; return the loop's state, or None (untouched)."""
         variables = [*self._numeric_state(), self.state_var]
         before = [v.numpy() for v in variables]
-        try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        except (ValueError, AssertionError, IndexError, tf.errors.OpError) as e:  # IndexError: a torn data file
-            # A failed restore may have loaded some variables: put them all back.
-            for variable, value in zip(variables, before):
-                variable.assign(value)
-            print(f"train: the checkpoint {latest} does not fit this network ({str(e).splitlines()[0]}); starting fresh")
-            return None
-        return json.loads(self.state_var.numpy().decode())
+        for prefix in checkpoints.intact(self.checkpoint_dir, manifest_sha256):
+            try:
+                self.checkpoint.read(str(prefix)).assert_existing_objects_matched()
+                state = json.loads(self.state_var.numpy().decode())
+                if state.get("manifest_sha256") != manifest_sha256:
+                    raise ValueError("it was written by a run with other inputs")
+            except (ValueError, AssertionError, IndexError, tf.errors.OpError) as e:  # IndexError: a torn file
+                # A failed restore may have loaded some variables: put them all back.
+                for variable, value in zip(variables, before):
+                    variable.assign(value)
+                print(f"train: cannot resume from {prefix}: {str(e).splitlines()[0][:200]}; ignoring it")
+                continue
+            self.best_sha256 = state.pop("best_sha256")
+            return state
+        return None
 
     def share_state(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
         """Under multi_worker, give every worker the chief's weights, optimiser and loop state; return the state.
@@ -277,8 +286,21 @@ class Trainer:
                     archive.writestr(PROVENANCE_NAME, json_bytes(provenance))
 
     def load_saved(self, which: str) -> None:
-        """Put the saved `initial` or `best` weights into the network (the end of training)."""
-        self.model.load_weights({"initial": self.initial_path, "best": self.best_path}[which])
+        """Put the kept `initial` or `best` weights into the network (the end of training).
+
+        The best ones come from best.weights.npz, checked against the SHA-256
+        recorded when they were saved; a damaged file is named, and the copy
+        kept in memory (the same weights) is used instead.
+        """
+        copies = {"initial": self.initial_weights, "best": self.best_weights}[which]
+        if which == "best":
+            problem = checkpoints.weights_problem(self.best_path, self.best_sha256, len(copies))
+            if problem is None:
+                self.model.set_weights(checkpoints.read_weights(self.best_path))
+                return
+            print(f"train: {self.best_path} {problem}; using the copy of the best weights kept in memory")
+        for weight, copy in zip(self.model.weights, copies):
+            weight.assign(copy)
 
     def conv_kernels(self) -> dict[str, np.ndarray]:
         """The current conv kernels by layer name."""

@@ -1,8 +1,10 @@
 """The train stage's logic: the evaluation loop around the Trainer, its sinks, checkpoints and outputs.
 
-Work in progress lives in checkpoints/train/, outside DVC's outputs so it
-survives DVC clearing them before a re-run; it is removed once training has
-finished and every output is written.
+Work in progress lives in the checkpoint store (checkpoints/train/ of the
+main workspace, see checkpoints.py), outside DVC's outputs so it survives DVC
+clearing them before a re-run, in an entry bound to the run's manifest; the
+entry is removed once training has finished, every output is written and
+the stage's inputs are checked unchanged.
 
 With train.distribute: multi_worker, every worker runs this with its own
 TF_CONFIG: the chief (worker 0) writes the outputs; the other workers write
@@ -27,19 +29,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from mnist_early_stopping import distribute, params, timings
+from mnist_early_stopping import checkpoints, distribute, params, timings
 from mnist_early_stopping.atomic import write_json
+from mnist_early_stopping.cli import StageError, verify_inputs
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.deps import ROOT, import_closure
 from mnist_early_stopping.digests import sha256_file, sha256_tree
 from mnist_early_stopping.early_stopping import EarlyStopping, evaluation_points
 from mnist_early_stopping.layout import (
-    BEST_KERAS, BEST_MODEL, CHECKPOINT_DIR, CURVES, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, KERNELS,
-    LIVE_DIR, MODEL_INFO, PREPROCESSING, TRAIN_LOCK, TRAIN_METRICS, split_path,
+    BEST_KERAS, BEST_MODEL, CURVES, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, KERNELS,
+    LIVE_DIR, MODEL_INFO, PREPROCESSING, TRAIN_METRICS, split_path,
 )
 from mnist_early_stopping.model_files import write_kernels
 from mnist_early_stopping.tf_runtime import import_tensorflow
-from mnist_early_stopping.workspace_lock import LockedError, hold
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -85,24 +87,34 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return diffs
 
 
-def prepare_checkpoint_dir(manifest: dict[str, Any], fresh: bool = False) -> bool:
-    """Keep the checkpoint dir if it belongs to this run (return True), else (or if `fresh`) start it afresh."""
-    manifest_path = CHECKPOINT_DIR / "manifest.json"
-    if not fresh and manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except ValueError:
-            old = {}
-        diffs = manifest_differences(old, manifest)
-        if not diffs:
-            return True
+def open_entry(entry: checkpoints.Entry) -> bool:
+    """Keep the entry if it belongs to this run (return True), else start it afresh, saying why."""
+    if entry.is_ours():
+        return True
+    if entry.path.exists():
+        print(f"train: {entry.path / checkpoints.MANIFEST} is damaged; starting fresh")
+    elif (other := checkpoints.newest_other(entry.store, entry.path)) is not None:
         print(
-            f"train: not resuming the checkpoint in {CHECKPOINT_DIR}: it was made with different "
-            f"inputs ({'; '.join(diffs)}); starting fresh"
+            f"train: not resuming the unfinished training in {entry.store}: it was made with different inputs "
+            f"({'; '.join(manifest_differences(other, entry.manifest))}); starting fresh (it is kept, with up to "
+            f"{checkpoints.KEEP_UNFINISHED - 1} others)"
         )
-    shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
-    write_json(manifest_path, manifest)
+    entry.start_fresh()
+    for path in checkpoints.prune(entry.store, entry.path):
+        print(f"train: removed the unfinished training {path}, the oldest beyond {checkpoints.KEEP_UNFINISHED}")
     return False
+
+
+def write_failure(e: BaseException) -> str:
+    """Why a write failed, in a few words: the OS's reason, which TensorFlow buries in its message."""
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno)
+    text = str(e)
+    for errno_name, reason in (("ENOSPC", "No space left on device"), ("EACCES", "Permission denied"),
+                               ("EROFS", "Read-only file system")):
+        if reason.lower() in text.lower() or errno_name in text:
+            return reason
+    return (text.strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 @contextlib.contextmanager
@@ -112,13 +124,9 @@ def checkpoint_writes(directory: Path) -> Iterator[None]:
 
     try:
         yield
-    except (OSError, tf.errors.OpError) as e:  # h5py raises OSError, TensorFlow's checkpoints OpError
-        if isinstance(e, OSError) and e.errno:
-            reason = os.strerror(e.errno)
-        else:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise SystemExit(
-            f"train: cannot write in {directory}: {reason}; make it writable and free some space, then run the "
+    except (OSError, tf.errors.OpError) as e:
+        raise StageError(
+            f"cannot write in {directory}: {write_failure(e)}; make it writable and free some space, then run the "
             "stage again"
         ) from None
 
@@ -140,17 +148,20 @@ class LoopState:
     """What a resumed run needs besides the Trainer's variables: stopping rule, curves, time so far."""
 
     stopper: EarlyStopping
+    manifest_sha256: str
     history: list[Row] = field(default_factory=list)
     wall_before: float = 0.0
 
     def snapshot(self, wall: float) -> dict[str, Any]:
-        """JSON-able state for a checkpoint, at `wall` seconds of training in all."""
-        return {"early_stopping": self.stopper.state(), "history": self.history, "wall_seconds": wall}
+        """JSON-able state for a checkpoint, at `wall` seconds of training in all, bound to the run's manifest."""
+        return {"early_stopping": self.stopper.state(), "history": self.history, "wall_seconds": wall,
+                "manifest_sha256": self.manifest_sha256}
 
     @classmethod
     def from_snapshot(cls, state: dict[str, Any]) -> LoopState:
         """Rebuild from `snapshot()`."""
-        return cls(EarlyStopping.from_state(state["early_stopping"]), state["history"], state["wall_seconds"])
+        return cls(EarlyStopping.from_state(state["early_stopping"]), state["manifest_sha256"], state["history"],
+                   state["wall_seconds"])
 
 
 # A sink receives every evaluation row, in order; adding one touches only `sinks()`.
@@ -231,21 +242,29 @@ def evaluation_step(runner: Trainer, stopper: EarlyStopping, point: int) -> Row:
 def train(model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
     """Run (or resume) training; the chief writes every output of the stage."""
     task = distribute.task_from_tf_config(os.environ) if cfg.distribute == "multi_worker" else distribute.SINGLE_PROCESS
-    if task.is_chief:
-        try:
-            with hold(TRAIN_LOCK, "the train stage"):
-                train_as(task, model_cfg, cfg)
-            with contextlib.suppress(OSError):  # not empty: a run to resume, or something of the user's
-                CHECKPOINT_DIR.parent.rmdir()
-        except LockedError as e:
-            raise SystemExit(f"train: another training of this workspace is running: {e}; wait for it to "
-                             f"finish or stop it, then run again ({TRAIN_LOCK} is free once it has exited)") from None
+    manifest = run_manifest(model_cfg, cfg)
+    if not task.is_chief:
+        train_as(task, model_cfg, cfg, manifest, None)
         return
-    train_as(task, model_cfg, cfg)
+    store, note = checkpoints.store_dir(Path.cwd())
+    if note:
+        print(note)
+    entry = checkpoints.Entry(store, manifest)
+    with entry.held():
+        train_as(task, model_cfg, cfg, manifest, entry)
+        # Only a run whose inputs stayed what it started with is finished; else
+        # its entry stays, and the same inputs again complete from it at once.
+        verify_inputs()
+        entry.remove()
+    entry.remove_empty_store()
 
 
-def train_as(task: distribute.Task, model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
-    """Set up the devices and the strategy, then run this process's part of training."""
+def train_as(
+    task: distribute.Task, model_cfg: params.ModelParams, cfg: params.TrainParams, manifest: dict[str, Any],
+    entry: checkpoints.Entry | None,
+) -> None:
+    """Set up the devices and the strategy, then run this process's part of training (the chief has `entry`)."""
+    resuming = open_entry(entry) if entry is not None else False
     cpus = distribute.logical_cpus(os.environ)
     # TensorFlow is imported from here on, once params, TF_CONFIG and the lock are good.
     import_tensorflow()
@@ -253,36 +272,33 @@ def train_as(task: distribute.Task, model_cfg: params.ModelParams, cfg: params.T
         distribute.split_cpu(cpus)
     strategy, strategy_name = distribute.make_strategy(cfg.distribute)
     distribute.check_batch_size(cfg.batch_size, strategy.num_replicas_in_sync, strategy_name)
-    if task.is_chief:
-        run(model_cfg, cfg, strategy, strategy_name, CHECKPOINT_DIR)
+    if entry is not None:
+        run(model_cfg, cfg, strategy, strategy_name, manifest, entry, resuming)
         return
     # The other workers take part in every collective step, saves included,
     # but keep their checkpoints in a private directory and write no outputs.
     private = Path(tempfile.mkdtemp(prefix="train-worker-"))
     try:
-        run(model_cfg, cfg, strategy, strategy_name, private / "checkpoints", chief=False)
+        run(model_cfg, cfg, strategy, strategy_name, manifest, None, False, private)
     finally:
         shutil.rmtree(private, ignore_errors=True)
     print(f"train: worker {task.index} of {task.count} finished; the chief (worker 0) wrote the outputs")
 
 
 def start_or_resume(
-    runner: Trainer, cfg: params.TrainParams, manifest: dict[str, Any], chief: bool
+    runner: Trainer, cfg: params.TrainParams, digest: str, entry: checkpoints.Entry | None, resuming: bool
 ) -> LoopState:
-    """The loop's state: from the latest checkpoint if it belongs to this run, else fresh."""
-    resuming = prepare_checkpoint_dir(manifest) if chief else False
-    snapshot = runner.restore() if resuming else None
-    if resuming and snapshot is None:
-        print(f"train: no usable checkpoint in {CHECKPOINT_DIR}; starting fresh")
-        prepare_checkpoint_dir(manifest, fresh=True)
+    """The loop's state: from the newest intact checkpoint of this run's entry, else fresh."""
+    snapshot = runner.restore(digest) if resuming else None
+    if resuming and snapshot is None and entry is not None:
+        print(f"train: no intact checkpoint in {entry.path}; starting fresh")
+        entry.start_fresh()
     snapshot = runner.share_state(snapshot)
     if snapshot is None:
-        if chief:
-            with checkpoint_writes(runner.checkpoint_dir):
-                runner.save_initial()
-        return LoopState(EarlyStopping(cfg.monitor, cfg.patience, cfg.min_delta, cfg.max_iterations))
+        runner.save_initial()
+        return LoopState(EarlyStopping(cfg.monitor, cfg.patience, cfg.min_delta, cfg.max_iterations), digest)
     state = LoopState.from_snapshot(snapshot)
-    if chief:
+    if entry is not None:
         print(f"train: resuming from the checkpoint at iteration {runner.iteration} (best so far at "
               f"{state.stopper.best_iteration})")
     return state
@@ -293,18 +309,23 @@ def run(
     cfg: params.TrainParams,
     strategy: tf.distribute.Strategy,
     strategy_name: str,
-    checkpoint_dir: Path,
-    chief: bool = True,
+    manifest: dict[str, Any],
+    entry: checkpoints.Entry | None,
+    resuming: bool,
+    private_dir: Path | None = None,
 ) -> None:
-    """The training loop; only the chief reads checkpoints, prints progress and writes outputs."""
+    """The training loop; only the chief (with `entry`) reads checkpoints, prints progress and writes outputs."""
+    chief = entry is not None
+    checkpoint_dir = entry.path if entry is not None else private_dir
+    assert checkpoint_dir is not None
+    digest = checkpoints.manifest_digest(manifest)
     with timings.phase("set up"):  # Keras's import too
         from mnist_early_stopping import trainer
 
         trainer.configure(cfg)
-        manifest = run_manifest(model_cfg, cfg)
         train_data, validation_data = load_split("train", "train"), load_split("validation", "train")
         runner = trainer.Trainer(model_cfg, cfg, train_data, validation_data, checkpoint_dir, strategy)
-        state = start_or_resume(runner, cfg, manifest, chief)
+        state = start_or_resume(runner, cfg, digest, entry, resuming)
     with timings.phase("trace graphs"):
         runner.trace()
 
@@ -316,15 +337,19 @@ def run(
     started = time.perf_counter()
     checkpoint_every = max(cfg.checkpoint_every, cfg.eval_every)
     last_checkpoint = start_iteration
+    resumed_finished = state.stopper.stop_reason is not None  # stopped, but its outputs were never recorded
     try:
         with timings.phase("loop: other work"):  # the log, the live curves, Python: what the phases within leave
-            for point in evaluation_points(cfg.eval_every, cfg.max_iterations, start_iteration):
+            for point in [] if resumed_finished else evaluation_points(cfg.eval_every, cfg.max_iterations,
+                                                                       start_iteration):
                 row = evaluation_step(runner, state.stopper, point)
                 for sink in row_sinks:
                     sink(row)
                 finished = state.stopper.stop_reason is not None
                 signum = runner.agreed_signal(stop.signum)
-                if not finished and (point - last_checkpoint >= checkpoint_every or signum):
+                # The finished state is kept too: if the stage's inputs turn out to have
+                # changed meanwhile, the same inputs again complete from it at once.
+                if finished or point - last_checkpoint >= checkpoint_every or signum:
                     with timings.phase("checkpoint"), checkpoint_writes(checkpoint_dir):
                         runner.save_checkpoint(state.snapshot(state.wall_before + time.perf_counter() - started))
                     last_checkpoint = point
@@ -399,17 +424,11 @@ def finish(
         "best_network_sha256": best_network_digests(),
     }
     write_json(TRAIN_METRICS, metrics)
-    remove_checkpoints()
 
 
 def best_network_digests() -> dict[str, str]:
     """SHA-256 of the best network as written: the SavedModel's variables and the .keras file."""
     return {"savedmodel": sha256_tree(BEST_MODEL / "variables"), "keras": sha256_file(BEST_KERAS)}
-
-
-def remove_checkpoints() -> None:
-    """Delete the finished run's checkpoints (their folder goes once the lock is released, if empty)."""
-    shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
 
 
 def git_commit() -> dict[str, Any]:

@@ -262,9 +262,8 @@ def start_killable(repo: Repo, *args: str) -> subprocess.Popen:
 
 def kill_group_after_checkpoint(repo: Repo, proc: subprocess.Popen) -> None:
     """SIGKILL the command and its stage as soon as a resumable checkpoint is on disk."""
-    state = repo.path / "checkpoints/train/latest/checkpoint"
     deadline = time.monotonic() + 300
-    while not state.is_file():
+    while not list((repo.path / "checkpoints/train").glob("*/ckpt-*.json")):
         assert proc.poll() is None, "the run finished before it could be killed"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)

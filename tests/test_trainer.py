@@ -51,17 +51,18 @@ def test_a_checkpoint_round_trips_weights_optimizer_iteration_and_state(tmp_path
     runner.save_initial()
     runner.train_until(40)
     runner.save_best()
-    runner.save_checkpoint({"note": "state at 40"})
+    runner.save_checkpoint({"note": "state at 40", "manifest_sha256": "m"})
     expected = runner.validate()
     runner.train_until(80)  # move on, then restore into a fresh trainer
 
     restored = make_trainer(tmp_path)
-    assert restored.restore() == {"note": "state at 40"}
+    assert restored.restore("another run") is None
+    assert restored.restore("m") == {"note": "state at 40", "manifest_sha256": "m"}
     assert restored.iteration == 40
     assert restored.validate() == expected
     # The same next steps from the restored optimiser state as from the original one.
     a, b = runner, make_trainer(tmp_path / "other")
-    b.checkpoint.restore(tf.train.latest_checkpoint(tmp_path / "latest")).assert_existing_objects_matched()
+    b.checkpoint.read(str(tmp_path / "ckpt-40")).assert_existing_objects_matched()
     restored.train_until(60)
     b.train_until(60)
     assert restored.validate() == b.validate()
@@ -70,5 +71,5 @@ def test_a_checkpoint_round_trips_weights_optimizer_iteration_and_state(tmp_path
 
 def test_restore_finds_nothing_in_an_empty_directory(tmp_path: Path) -> None:
     runner = make_trainer(tmp_path)
-    assert runner.restore() is None
+    assert runner.restore("m") is None
     assert runner.iteration == 0
