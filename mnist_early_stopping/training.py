@@ -67,10 +67,19 @@ def run_manifest(model_cfg: params.ModelParams, cfg: params.TrainParams) -> dict
     manifest = {
         "model": dataclasses.asdict(model_cfg),
         "train": dataclasses.asdict(cfg),
-        "data": {f"{n}.npz": sha256_file(split_path(n)) for n in ("train", "validation")},
+        "data": {f"{n}.npz": split_digest(n) for n in ("train", "validation")},
         "code": {name: sha256_file(ROOT / name) for name in import_closure(STAGE_MODULE)},
     }
     return json.loads(json.dumps(manifest))  # tuples -> lists, as it reads back from disk
+
+
+def split_digest(name: str) -> str:
+    """The SHA-256 of one split's file, or a StageError saying how to make it."""
+    try:
+        return sha256_file(split_path(name))
+    except OSError as e:
+        raise StageError(f"cannot read {split_path(name)}: {e.strerror or e}; run the split stage first "
+                         "(dvc repro split)") from None
 
 
 def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
