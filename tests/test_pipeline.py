@@ -153,7 +153,10 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
 
 @pytest.fixture(scope="module")
 def patience_40(baseline: Baseline, tmp_path_factory: pytest.TempPathFactory) -> Step:
-    """The baseline with train.patience edited to 40 and reproduced, not committed; out: `dvc status --json` before."""
+    """The baseline with train.patience edited to 40 and reproduced, not committed.
+
+    out: `dvc status --json` between the edit and `dvc repro`.
+    """
     repo = own_copy(baseline.repo, tmp_path_factory.mktemp("patience_40"))
     write_params(repo.path, {"train": {"patience": 40}})
     status = repo.run("dvc", "status", "--json").stdout
@@ -203,7 +206,10 @@ def back_to_40(stratified: Step, tmp_path_factory: pytest.TempPathFactory) -> Ba
 
 @pytest.fixture(scope="module")
 def resumed(stratified: Step, tmp_path_factory: pytest.TempPathFactory) -> Step:
-    """The stratified state with patience 50 (never run before), killed once a checkpoint is saved, then `dvc repro`."""
+    """The stratified state with patience 50 (never run before): `dvc repro` killed once a checkpoint is saved.
+
+    out: the next `dvc repro`.
+    """
     repo = own_copy(stratified.repo, tmp_path_factory.mktemp("resumed"))
     write_params(repo.path, {"train": {"patience": 50}})
     kill_group_after_checkpoint(repo, start_killable(repo, "dvc", "repro"))
@@ -212,7 +218,10 @@ def resumed(stratified: Step, tmp_path_factory: pytest.TempPathFactory) -> Step:
 
 @pytest.fixture(scope="module")
 def experiments(stratified: Step, tmp_path_factory: pytest.TempPathFactory) -> Step:
-    """The stratified state with experiments patience 60 (run) and 20, 80 (queued); out: the last `dvc queue status`."""
+    """The stratified state with experiments patience 60 (run) and 20, 80 (queued).
+
+    out: the last `dvc queue status`.
+    """
     repo = own_copy(stratified.repo, tmp_path_factory.mktemp("experiments"))
     repo.run("dvc", "exp", "run", "-S", "train.patience=60")
     repo.run("dvc", "exp", "run", "--queue", "-S", "train.patience=20,80")  # a sweep of two
