@@ -148,8 +148,12 @@ def load_test_images(project: Path) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_export_writes_a_tflite_model_that_matches_the_network(tiny: tuple[Path, Any]) -> None:
-    project, model = tiny
+def test_export_writes_a_tflite_model_that_matches_the_network(
+    tiny: tuple[Path, Any], tmp_path: Path
+) -> None:
+    source, model = tiny
+    project = tmp_path / "project"  # its own copy: the stage writes into it
+    shutil.copytree(source, project)
     result = run_stage(project, "export", stage_env())
     tflite = (project / TFLITE_MODEL).read_bytes()
     assert tflite[4:8] == b"TFL3"  # the TFLite flatbuffer's file identifier

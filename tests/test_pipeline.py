@@ -1,7 +1,12 @@
 """The DVC workflow end to end, through the real `dvc` CLI, on tiny generated data.
 
-One project copy (its own git repo) is shared by the tests of this module, which
-run in file order: each builds on the state the previous one left.
+The workflow's states are module-scoped fixtures, each built once on a copy of
+the one before (a git + DVC project copy in a temp dir) and read-only from then
+on: the baseline run, patience edited to 40, that committed with a stratified
+split, and three states built on that one. A test whose step builds a state
+checks what the fixture recorded of it; a test that changes a state works on its
+own copy (`own_copy`: the directory with its .git and DVC cache), so every test
+passes alone, in any order.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import re
 import signal
 import subprocess
 import sys
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,7 +31,7 @@ from tests.conftest import copy_project, read_curves, write_params
 from tests.tiny_mnist import write_mirror
 
 pytestmark = pytest.mark.slow
-STAGES = ["download", "split", "train", "evaluate", "plots", "export"]
+STAGES = ["check_params", "download", "split", "train", "evaluate", "plots", "export"]
 COPIED = ("stages", "mnist_early_stopping", "params.yaml", "dvc.yaml", ".gitignore", ".dvcignore")
 
 
@@ -58,12 +65,16 @@ class Repo:
 
 
 def assert_ran_in_order(ran: list[str], expected: list[str]) -> None:
-    """Exactly the expected stages ran, each after the stages it depends on (plots and export may swap)."""
+    """Exactly the expected stages ran, each after the stages it depends on.
+
+    plots and export may swap; check_params depends on nothing and nothing on it.
+    """
     assert sorted(ran) == sorted(expected), ran
     order = [s for s in STAGES if s in expected]
     for stage in ran:
         earlier = order[: order.index(stage)]
-        assert all(ran.index(e) < ran.index(stage) for e in earlier if e not in ("plots", "export")), ran
+        unordered = ("check_params", "plots", "export")
+        assert all(ran.index(e) < ran.index(stage) for e in earlier if e not in unordered), ran
 
 
 def declared_outputs(dvc_yaml: Path) -> list[str]:
@@ -90,10 +101,8 @@ def tool_env(mirror: Path, digests: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
-    """A fresh git + DVC repo holding the project with tiny params."""
-    base = tmp_path_factory.mktemp("pipeline")
+def new_repo(base: Path) -> Repo:
+    """A fresh git + DVC repo holding the project with tiny params, in base/project (the mirror beside)."""
     mirror = base / "mirror"
     digests = write_mirror(mirror)
     path = copy_project(base / "project", COPIED)
@@ -106,6 +115,127 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     return r
 
 
+def own_copy(repo: Repo, base: Path) -> Repo:
+    """A copy of the repo in base/repo: workspace, git history and DVC cache (run-cache included).
+
+    DVC finds it as the original was (`dvc status`: up to date); the mirror is shared, read-only.
+    """
+    shutil.copytree(repo.path, base / "repo", symlinks=True)
+    return Repo(base / "repo", repo.env)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The first `dvc repro` of a fresh repo, committed as "baseline run"."""
+
+    repo: Repo
+    ran: list[str]  # the stages it ran, in order
+    timings: Path  # $MNIST_TIMINGS of that run, outside the project: no stage's output
+
+
+@dataclass(frozen=True)
+class Step:
+    """A repo after one step of the workflow, with what the step's commands printed."""
+
+    repo: Repo
+    ran: list[str]
+    out: str = ""
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
+    repo = new_repo(tmp_path_factory.mktemp("pipeline"))
+    timings = repo.path.parent / "timings.jsonl"
+    ran = repo.repro(env={**repo.env, "MNIST_TIMINGS": str(timings)})
+    repo.commit("baseline run")
+    return Baseline(repo, ran, timings)
+
+
+@pytest.fixture(scope="module")
+def patience_40(baseline: Baseline, tmp_path_factory: pytest.TempPathFactory) -> Step:
+    """The baseline with train.patience edited to 40 and reproduced, not committed.
+
+    out: `dvc status --json` between the edit and `dvc repro`.
+    """
+    repo = own_copy(baseline.repo, tmp_path_factory.mktemp("patience_40"))
+    write_params(repo.path, {"train": {"patience": 40}})
+    status = repo.run("dvc", "status", "--json").stdout
+    return Step(repo, repo.repro(), status)
+
+
+@pytest.fixture(scope="module")
+def stratified(patience_40: Step, tmp_path_factory: pytest.TempPathFactory) -> Step:
+    """Patience 40 committed, then split.method stratified reproduced and committed."""
+    repo = own_copy(patience_40.repo, tmp_path_factory.mktemp("stratified"))
+    repo.commit("patience 40")
+    write_params(repo.path, {"split": {"method": "stratified"}})
+    ran = repo.repro()
+    repo.commit("stratified split")
+    return Step(repo, ran)
+
+
+def train_outputs(repo: Repo) -> dict[str, str]:
+    """Digests of everything the train stage writes."""
+    return file_digests(repo.path, ["models", "metrics/train.json", "metrics/live"])
+
+
+@dataclass(frozen=True)
+class BackTo40:
+    """Patience 30 reproduced (ran), then 40 again (out); train's outputs before and after."""
+
+    repo: Repo
+    ran: list[str]
+    out: str
+    before: dict[str, str]
+    after: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def back_to_40(stratified: Step, tmp_path_factory: pytest.TempPathFactory) -> BackTo40:
+    """The stratified state after patience 30 and back to 40: both in the run-cache."""
+    repo = own_copy(stratified.repo, tmp_path_factory.mktemp("back_to_40"))
+    before = train_outputs(repo)
+    write_params(repo.path, {"train": {"patience": 30}})
+    ran = repo.repro()
+    write_params(repo.path, {"train": {"patience": 40}})
+    started = time.monotonic()
+    out = repo.run("dvc", "repro").stdout
+    print(f"patience 30 -> 40 (already run): dvc repro took {time.monotonic() - started:.1f} s")
+    return BackTo40(repo, ran, out, before, train_outputs(repo))
+
+
+@pytest.fixture(scope="module")
+def resumed(stratified: Step, tmp_path_factory: pytest.TempPathFactory) -> Step:
+    """The stratified state with patience 50 (never run before): `dvc repro` killed once a checkpoint is saved.
+
+    out: the next `dvc repro`.
+    """
+    repo = own_copy(stratified.repo, tmp_path_factory.mktemp("resumed"))
+    write_params(repo.path, {"train": {"patience": 50}})
+    kill_group_after_checkpoint(repo, start_killable(repo, "dvc", "repro"))
+    return Step(repo, [], repo.run("dvc", "repro").stdout)
+
+
+@pytest.fixture(scope="module")
+def experiments(stratified: Step, tmp_path_factory: pytest.TempPathFactory) -> Step:
+    """The stratified state with experiments patience 60 (run) and 20, 80 (queued).
+
+    out: the last `dvc queue status`.
+    """
+    repo = own_copy(stratified.repo, tmp_path_factory.mktemp("experiments"))
+    repo.run("dvc", "exp", "run", "-S", "train.patience=60")
+    repo.run("dvc", "exp", "run", "--queue", "-S", "train.patience=20,80")  # a sweep of two
+    repo.run("dvc", "queue", "start")
+    deadline = time.monotonic() + 600
+    while True:
+        status = repo.run("dvc", "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        assert time.monotonic() < deadline, f"queued experiments did not finish:\n{status}"
+        time.sleep(2)
+    return Step(repo, [], status)
+
+
 def file_digests(root: Path, names: list[str]) -> dict[str, str]:
     """SHA-256 of every file under the given paths."""
     digests = {}
@@ -116,13 +246,12 @@ def file_digests(root: Path, names: list[str]) -> dict[str, str]:
     return digests
 
 
-def test_repro_runs_every_stage_in_order_and_creates_every_output(repo: Repo):
-    timings_file = repo.path.parent / "timings.jsonl"  # outside the project: no stage's output
-    assert_ran_in_order(repo.repro(env={**repo.env, "MNIST_TIMINGS": str(timings_file)}), STAGES)
+def test_repro_runs_every_stage_in_order_and_creates_every_output(baseline: Baseline):
+    repo, timings_file = baseline.repo, baseline.timings
+    assert_ran_in_order(baseline.ran, STAGES)
     for out in declared_outputs(repo.path / "dvc.yaml"):
         assert (repo.path / out).exists(), f"{out} was not created"
     assert (repo.path / "dvc.lock").is_file()
-    repo.commit("baseline run")
     # $MNIST_TIMINGS: one record per stage process, in the order they ran, with the phases the bench reads.
     records = [json.loads(line) for line in timings_file.read_text().splitlines()]
     assert [r["stage"] for r in records] == STAGES
@@ -138,12 +267,14 @@ def test_repro_runs_every_stage_in_order_and_creates_every_output(repo: Repo):
     assert {"import tensorflow", "load networks", "predict"} <= set(phases["evaluate"]), phases["evaluate"]
 
 
-def test_second_repro_runs_nothing(repo: Repo):
+def test_second_repro_runs_nothing(baseline: Baseline, tmp_path: Path):
+    repo = own_copy(baseline.repo, tmp_path)
     assert repo.repro() == []
     assert "up to date" in repo.run("dvc", "status").stdout
 
 
-def test_changing_only_the_mirror_reruns_nothing(repo: Repo, tmp_path: Path):
+def test_changing_only_the_mirror_reruns_nothing(baseline: Baseline, tmp_path: Path):
+    repo = own_copy(baseline.repo, tmp_path)
     plain = tmp_path / "plain-mirror"
     digests = write_mirror(plain, gzipped=False)
     env = dict(repo.env, MNIST_MIRROR=plain.as_uri(), MNIST_DIGESTS=str(digests))
@@ -153,7 +284,8 @@ def test_changing_only_the_mirror_reruns_nothing(repo: Repo, tmp_path: Path):
     assert repo.repro(env=env) == []
 
 
-def test_metrics_show_lists_data_train_and_test(repo: Repo):
+def test_metrics_show_lists_data_train_and_test(baseline: Baseline):
+    repo = baseline.repo
     shown = json.loads(repo.run("dvc", "metrics", "show", "--json").stdout)
     files = next(iter(shown.values()))["data"]
     assert {"metrics/data.json", "metrics/train.json", "metrics/test.json"} <= set(files)
@@ -166,15 +298,16 @@ def test_metrics_show_lists_data_train_and_test(repo: Repo):
     assert live["step"] == train["stopped_iteration"]
 
 
-def test_editing_patience_reruns_exactly_train_evaluate_plots(repo: Repo):
-    write_params(repo.path, {"train": {"patience": 40}})
-    status = repo.run("dvc", "status", "--json").stdout
-    # Only train's own params changed; evaluate and plots follow once train's outputs change.
-    assert set(json.loads(status)) == {"train"}
-    assert_ran_in_order(repo.repro(), ["train", "evaluate", "plots", "export"])
+def test_editing_patience_reruns_exactly_train_evaluate_plots(patience_40: Step):
+    status = patience_40.out  # `dvc status --json` once patience was edited to 40
+    # Only train's own params changed (and the file check_params tracks whole);
+    # evaluate and plots follow once train's outputs change.
+    assert set(json.loads(status)) == {"check_params", "train"}
+    assert_ran_in_order(patience_40.ran, ["check_params", "train", "evaluate", "plots", "export"])
 
 
-def test_metrics_diff_against_the_committed_baseline(repo: Repo):
+def test_metrics_diff_against_the_committed_baseline(patience_40: Step, tmp_path: Path):
+    repo = own_copy(patience_40.repo, tmp_path)
     diff = json.loads(repo.run("dvc", "metrics", "diff", "--json").stdout)
     assert "metrics/train.json" in diff
     assert "stopped_iteration" in diff["metrics/train.json"]
@@ -187,13 +320,12 @@ def test_metrics_diff_against_the_committed_baseline(repo: Repo):
     repo.commit("patience 40")
 
 
-def test_changing_a_split_param_reruns_split_and_after_never_download(repo: Repo):
-    write_params(repo.path, {"split": {"method": "stratified"}})
-    assert_ran_in_order(repo.repro(), ["split", "train", "evaluate", "plots", "export"])
-    repo.commit("stratified split")
+def test_changing_a_split_param_reruns_split_and_after_never_download(stratified: Step):
+    assert_ran_in_order(stratified.ran, ["check_params", "split", "train", "evaluate", "plots", "export"])
 
 
-def test_plots_show_renders_curves_confusion_matrix_and_images(repo: Repo):
+def test_plots_show_renders_curves_confusion_matrix_and_images(stratified: Step, tmp_path: Path):
+    repo = own_copy(stratified.repo, tmp_path)
     repo.run("dvc", "plots", "show")
     html = (repo.path / "dvc_plots/index.html").read_text()
     # Each interactive plot once: the four curves against the iteration, and the confusion matrix.
@@ -208,12 +340,14 @@ def test_plots_show_renders_curves_confusion_matrix_and_images(repo: Repo):
         assert (repo.path / f"dvc_plots/static/workspace_plots_{name}.png").stat().st_size > 1000
 
 
-def test_bad_param_fails_with_the_error_line_then_the_outputs_come_back(repo: Repo):
+def test_bad_param_fails_with_the_error_line_then_the_outputs_come_back(stratified: Step, tmp_path: Path):
+    repo = own_copy(stratified.repo, tmp_path)
     outputs = ["metrics", "models", "plots", "data/split"]
     before, lock = file_digests(repo.path, outputs), (repo.path / "dvc.lock").read_bytes()
     original = (repo.path / "params.yaml").read_text()
     write_params(repo.path, {"train": {"patience": -5}})
-    result = repo.run("dvc", "repro", check=False)
+    # `dvc repro train`: a whole `dvc repro` stops at check_params, before train starts.
+    result = repo.run("dvc", "repro", "train", check=False)
     assert result.returncode != 0
     assert "params.yaml: train.patience must be an integer between 1 and 10000000, got -5" in result.stdout
     assert (repo.path / "dvc.lock").read_bytes() == lock, "a failed run must not touch dvc.lock"
@@ -227,27 +361,19 @@ def test_bad_param_fails_with_the_error_line_then_the_outputs_come_back(repo: Re
     assert "up to date" in repo.run("dvc", "status").stdout
 
 
-def train_outputs(repo: Repo) -> dict[str, str]:
-    """Digests of everything the train stage writes."""
-    return file_digests(repo.path, ["models", "metrics/train.json", "metrics/live"])
-
-
-def test_going_back_to_earlier_params_restores_from_the_run_cache(repo: Repo):
-    first = train_outputs(repo)
-    write_params(repo.path, {"train": {"patience": 30}})
-    assert_ran_in_order(repo.repro(), ["train", "evaluate", "plots", "export"])
-    write_params(repo.path, {"train": {"patience": 40}})
-    started = time.monotonic()
-    out = repo.run("dvc", "repro").stdout
-    print(f"patience 30 -> 40 (already run): dvc repro took {time.monotonic() - started:.1f} s")
-    assert "Running stage" not in out, out
+def test_going_back_to_earlier_params_restores_from_the_run_cache(back_to_40: BackTo40):
+    repo, out, first = back_to_40.repo, back_to_40.out, back_to_40.before
+    assert_ran_in_order(back_to_40.ran, ["check_params", "train", "evaluate", "plots", "export"])
+    # check_params has no outputs, so no run-cache entry: it runs (in well under a second).
+    assert re.findall(r"Running stage '([\w-]+)'", out) == ["check_params"], out
     for stage in ("train", "evaluate", "plots", "export"):
         assert f"Stage '{stage}' is cached - skipping run" in out
-    assert train_outputs(repo) == first, "the run-cache must restore the first run's outputs byte for byte"
+    assert back_to_40.after == first, "the run-cache must restore the first run's outputs byte for byte"
     assert "up to date" in repo.run("dvc", "status").stdout
 
 
-def test_an_experiment_already_run_restores_without_training(repo: Repo):
+def test_an_experiment_already_run_restores_without_training(back_to_40: BackTo40, tmp_path: Path):
+    repo = own_copy(back_to_40.repo, tmp_path)
     out = repo.run("dvc", "exp", "run", "-S", "train.patience=30").stdout
     assert "Running stage 'train'" not in out and "Stage 'train' is cached" in out, out
     repo.run("git", "checkout", "--", "params.yaml")
@@ -271,10 +397,8 @@ def kill_group_after_checkpoint(repo: Repo, proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_under_dvc(repo: Repo):
-    write_params(repo.path, {"train": {"patience": 50}})  # never run: nothing in the run-cache
-    kill_group_after_checkpoint(repo, start_killable(repo, "dvc", "repro"))
-    out = repo.run("dvc", "repro").stdout
+def test_a_killed_run_resumes_from_its_checkpoint_under_dvc(resumed: Step):
+    repo, out = resumed.repo, resumed.out  # patience 50, never run before: nothing in the run-cache
     assert "train: resuming from the checkpoint at iteration" in out, out
     assert not (repo.path / "checkpoints").exists(), "no checkpoint is left after a successful run"
     curve = read_curves(repo.path)
@@ -282,7 +406,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_under_dvc(repo: Repo):
     assert steps == list(range(20, repo.metrics("train")["stopped_iteration"] + 1, 20)), "one row per evaluation"
 
 
-def test_a_killed_forced_run_comes_back_and_its_checkpoint_does_not_pile_up(repo: Repo):
+def test_a_killed_forced_run_comes_back_and_its_checkpoint_does_not_pile_up(resumed: Step, tmp_path: Path):
+    repo = own_copy(resumed.repo, tmp_path)
     before = train_outputs(repo)
     kill_group_after_checkpoint(repo, start_killable(repo, "dvc", "repro", "-f", "-s", "train"))
     out = repo.run("dvc", "repro").stdout
@@ -296,20 +421,11 @@ def test_a_killed_forced_run_comes_back_and_its_checkpoint_does_not_pile_up(repo
     assert "not resuming the checkpoint" in out and "patience: 50 -> 70" in out, out
     assert not (repo.path / "checkpoints").exists()
     repo.run("git", "checkout", "--", "params.yaml")
-    assert repo.repro() == []  # patience 40 again: restored from the run-cache
+    assert repo.repro() == ["check_params"]  # patience 40 again: restored from the run-cache
 
 
-def test_experiment_run_and_queue(repo: Repo):
-    repo.run("dvc", "exp", "run", "-S", "train.patience=60")
-    repo.run("dvc", "exp", "run", "--queue", "-S", "train.patience=20,80")  # a sweep of two
-    repo.run("dvc", "queue", "start")
-    deadline = time.monotonic() + 600
-    while True:
-        status = repo.run("dvc", "queue", "status").stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            break
-        assert time.monotonic() < deadline, f"queued experiments did not finish:\n{status}"
-        time.sleep(2)
+def test_experiment_run_and_queue(experiments: Step):
+    repo, status = experiments.repo, experiments.out
     assert "Failed" not in status, status
     assert "patience" in repo.run(*EXP_SHOW_COLUMNS, env=dict(repo.env, COLUMNS="120")).stdout
     shown = json.loads(repo.run("dvc", "exp", "show", "--json").stdout)
@@ -338,7 +454,8 @@ EXP_SHOW_COLUMNS = (
 )
 
 
-def test_exp_show_with_the_documented_columns_fits_a_terminal(repo: Repo):
+def test_exp_show_with_the_documented_columns_fits_a_terminal(experiments: Step):
+    repo = experiments.repo
     env = dict(repo.env, COLUMNS="120")
     table = repo.run(*EXP_SHOW_COLUMNS, env=env).stdout
     lines = [line for line in table.splitlines() if line.strip()]
@@ -348,7 +465,8 @@ def test_exp_show_with_the_documented_columns_fits_a_terminal(repo: Repo):
     assert "…" not in table.replace("Experiment", ""), table
 
 
-def test_remote_push_clone_pull_then_nothing_to_run(repo: Repo, tmp_path: Path):
+def test_remote_push_clone_pull_then_nothing_to_run(stratified: Step, tmp_path: Path):
+    repo = own_copy(stratified.repo, tmp_path)
     remote = tmp_path / "remote"
     repo.run("dvc", "remote", "add", "-d", "shared", str(remote))
     repo.commit("add a DVC remote")
@@ -366,7 +484,8 @@ def test_remote_push_clone_pull_then_nothing_to_run(repo: Repo, tmp_path: Path):
     assert other.repro() == []
 
 
-def test_a_fresh_clone_shows_the_committed_figures_with_plots_diff(repo: Repo, tmp_path: Path):
+def test_a_fresh_clone_shows_the_committed_figures_with_plots_diff(stratified: Step, tmp_path: Path):
+    repo = stratified.repo
     clone = tmp_path / "fresh"
     repo.run("git", "clone", "-q", str(repo.path), str(clone))
     other = Repo(clone, repo.env)
@@ -376,7 +495,8 @@ def test_a_fresh_clone_shows_the_committed_figures_with_plots_diff(repo: Repo, t
     assert '<img src="static/HEAD_plots_test_images.png">' in html, html[:2000]
 
 
-def test_the_best_network_is_a_model_artifact(repo: Repo, tmp_path: Path):
+def test_the_best_network_is_a_model_artifact(stratified: Step, tmp_path: Path):
+    repo = own_copy(stratified.repo, tmp_path)
     listed = repo.run("dvc", "ls", "--dvc-only", str(repo.path), "models").stdout
     assert "best" in listed
     pipeline = yaml.safe_load((repo.path / "dvc.yaml").read_text())
