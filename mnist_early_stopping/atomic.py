@@ -57,7 +57,8 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _cannot_write(path: Path, e: OSError) -> OutputError:
+def cannot_write(path: Path, e: OSError) -> OutputError:
+    """The one-line error for a write of `path` that failed with `e`."""
     return OutputError(
         f"cannot write {path}: {e.strerror or e}; check the free space and the permissions of {path.parent}, "
         "then run again"
@@ -99,7 +100,7 @@ def _make_parent(path: Path) -> None:
             f"cannot write {path}: {blocking} is a file, not a directory; move it elsewhere, then run again"
         ) from None
     except OSError as e:
-        raise _cannot_write(path, e) from None
+        raise cannot_write(path, e) from None
 
 
 def prepare_file(path: Path) -> None:
@@ -118,7 +119,7 @@ def prepare_file(path: Path) -> None:
     try:
         shutil.rmtree(path)  # empty, or only leftovers of our own writes: nothing of anyone's
     except OSError as e:
-        raise _cannot_write(path, e) from None
+        raise cannot_write(path, e) from None
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:
@@ -126,7 +127,7 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     try:
         return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise _cannot_write(path, e) from None
+        raise cannot_write(path, e) from None
 
 
 def _publish(tmp: str, path: Path) -> None:
@@ -151,7 +152,7 @@ def write_atomic(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(e, OSError):  # the block only writes to f: a full disk, an I/O error
-            raise _cannot_write(path, e) from None
+            raise cannot_write(path, e) from None
         raise
 
 
@@ -171,12 +172,12 @@ def write_files(contents: Mapping[Path, bytes]) -> None:
                     f.flush()
                     os.fsync(f.fileno())
             except OSError as e:
-                raise _cannot_write(path, e) from None
+                raise cannot_write(path, e) from None
         for tmp, path in written:
             try:
                 _publish(tmp, path)
             except OSError as e:
-                raise _cannot_write(path, e) from None
+                raise cannot_write(path, e) from None
     finally:
         for tmp, _ in written:  # nothing left once published
             with contextlib.suppress(FileNotFoundError):
@@ -228,7 +229,7 @@ def replace_dir(path: Path) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700 directories
     except OSError as e:
-        raise _cannot_write(path, e) from None
+        raise cannot_write(path, e) from None
     try:
         yield tmp
     except BaseException:
@@ -241,6 +242,6 @@ def replace_dir(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _cannot_write(path, e) from None
+        raise cannot_write(path, e) from None
     with contextlib.suppress(OSError):  # else the next write of path removes it
         _remove(old)

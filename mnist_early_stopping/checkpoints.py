@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from mnist_early_stopping.atomic import write_atomic, write_json
+from mnist_early_stopping.atomic import cannot_write, write_atomic, write_json
 from mnist_early_stopping.cli import StageError
 from mnist_early_stopping.digests import sha256_file
 from mnist_early_stopping.layout import CHECKPOINT_DIR
@@ -91,23 +90,17 @@ class Entry:
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """Hold the entry's lock for the block: one training of a manifest at a time."""
-        try:
-            lock = hold(self.lock, "a training with these inputs")
-            lock.__enter__()
-        except OSError as e:
-            raise StageError(
-                f"cannot write {self.lock}: {e.strerror or e}; check the free space and the permissions of "
-                f"{self.store}, then run again"
-            ) from None
-        except LockedError as e:
-            raise StageError(
-                f"another training with the same params, data and code is running: {e}; wait for it to finish "
-                f"or stop it, then run again ({self.lock} is free once it has exited)"
-            ) from None
-        try:
+        with contextlib.ExitStack() as stack:
+            try:  # only taking the lock: errors of the block pass through untouched
+                stack.enter_context(hold(self.lock, "a training with these inputs"))
+            except OSError as e:
+                raise cannot_write(self.lock, e) from None
+            except LockedError as e:
+                raise StageError(
+                    f"another training with the same params, data and code is running: {e}; wait for it to "
+                    f"finish or stop it, then run again ({self.lock} is free once it has exited)"
+                ) from None
             yield
-        finally:
-            lock.__exit__(None, None, None)
 
     def is_ours(self) -> bool:
         """Whether the entry exists and holds exactly this manifest."""
@@ -122,10 +115,7 @@ class Entry:
         try:
             self.path.mkdir(parents=True)
         except OSError as e:
-            raise StageError(
-                f"cannot write {self.path}: {e.strerror or e}; check the free space and the permissions of "
-                f"{self.store}, then run again"
-            ) from None
+            raise cannot_write(self.path, e) from None
         write_json(self.path / MANIFEST, self.manifest)
 
     def remove(self) -> None:
@@ -174,12 +164,6 @@ def newest_other(store: Path, keep: Path) -> dict[str, Any] | None:
     return None
 
 
-def touch(path: Path) -> None:
-    """Mark an entry as the newest (its age decides what the retention rule keeps)."""
-    with contextlib.suppress(OSError):
-        os.utime(path)
-
-
 class Writable(Protocol):
     """What `save` needs of a tf.train.Checkpoint (this module imports no TensorFlow)."""
 
@@ -195,7 +179,7 @@ def _iteration(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _remove_quietly_or_report(path: Path) -> None:
+def _remove_or_report(path: Path) -> None:
     try:
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     except OSError as e:
@@ -215,7 +199,7 @@ def save(checkpoint: Writable, directory: Path, iteration: int, manifest_sha256:
     kept = set(kept[:keep])
     old = [p for p in directory.iterdir() if (i := _iteration(p)) is not None and i not in kept]
     for path in sorted(old, key=lambda p: p.suffix != ".json"):  # records first: a file without one is ignored
-        _remove_quietly_or_report(path)
+        _remove_or_report(path)
 
 
 def intact(directory: Path, manifest_sha256: str) -> Iterator[Path]:

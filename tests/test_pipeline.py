@@ -406,6 +406,11 @@ def test_a_killed_run_resumes_from_its_checkpoint_under_dvc(resumed: Step):
     assert steps == list(range(20, repo.metrics("train")["stopped_iteration"] + 1, 20)), "one row per evaluation"
 
 
+def entry_dirs(project: Path) -> list[Path]:
+    """The checkpoint store's entries (one per unfinished training)."""
+    return sorted(p for p in (project / "checkpoints/train").glob("*") if p.is_dir())
+
+
 def test_a_killed_forced_run_comes_back_and_its_checkpoint_does_not_pile_up(resumed: Step, tmp_path: Path):
     repo = own_copy(resumed.repo, tmp_path)
     before = train_outputs(repo)
@@ -413,13 +418,15 @@ def test_a_killed_forced_run_comes_back_and_its_checkpoint_does_not_pile_up(resu
     out = repo.run("dvc", "repro").stdout
     assert "Stage 'train' is cached - skipping run" in out, out
     assert train_outputs(repo) == before
-    # The run-cache gave the result, so that checkpoint has nothing left to do:
-    # the next training (other params) removes it.
-    assert (repo.path / "checkpoints/train").is_dir()
+    # The run-cache gave the result; the killed run's entry stays, one of the few
+    # unfinished ones the store keeps (tests/test_checkpoints.py: the newest
+    # KEEP_UNFINISHED), and a finished training leaves nothing of its own.
+    killed = entry_dirs(repo.path)
+    assert len(killed) == 1
     write_params(repo.path, {"train": {"patience": 70}})
     out = repo.run("dvc", "repro").stdout
-    assert "not resuming the checkpoint" in out and "patience: 50 -> 70" in out, out
-    assert not (repo.path / "checkpoints").exists()
+    assert "not resuming the unfinished training" in out and "patience: 50 -> 70" in out, out
+    assert entry_dirs(repo.path) == killed
     repo.run("git", "checkout", "--", "params.yaml")
     assert repo.repro() == ["check_params"]  # patience 40 again: restored from the run-cache
 
