@@ -39,7 +39,8 @@ def verify_inputs() -> None:
     """Raise a StageError if the running stage's params, code or input files changed since it started."""
     from mnist_early_stopping import run_inputs
 
-    run_inputs.verify(_started)
+    with timings.phase("check inputs"):
+        run_inputs.verify(_started)
 
 
 def run_main(stage: str, main: Callable[[], object]) -> int:
@@ -62,7 +63,8 @@ def _run(stage: str, main: Callable[[], object]) -> int:
     from mnist_early_stopping import run_inputs
 
     try:
-        _started = run_inputs.take(stage)
+        with timings.phase("check inputs"):
+            _started = run_inputs.take(stage)
         main()
         verify_inputs()
     except StageError as e:

@@ -521,3 +521,61 @@ def test_the_best_network_is_a_model_artifact(stratified: Step, tmp_path: Path):
     repo.run("dvc", "artifacts", "get", str(repo.path), name, "--stage", "prod", "--out", str(by_stage))
     assert (by_stage / "saved_model.pb").read_bytes() == (repo.path / "models/best/saved_model.pb").read_bytes()
     assert f"{name}@v1.0.0" in repo.run("git", "tag").stdout
+
+
+def run_cache_entries(repo: Repo) -> list[str]:
+    """The run-cache's records (one file per stage run DVC saved)."""
+    runs = repo.path / ".dvc/cache/runs"
+    return sorted(str(p.relative_to(runs)) for p in runs.rglob("*") if p.is_file()) if runs.exists() else []
+
+
+def wait_for_checkpoint(repo: Repo, proc: subprocess.Popen) -> None:
+    """Return once the running training has saved a resumable checkpoint (it is then mid-run)."""
+    deadline = time.monotonic() + 300
+    while not list((repo.path / "checkpoints/train").glob("*/ckpt-*.json")):
+        assert proc.poll() is None, "the run finished before its input could be edited"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+
+
+def edit_param(repo: Repo) -> str:
+    write_params(repo.path, {"train": {"patience": 310}})
+    return "train: params.yaml changed while training (train.patience: 300 -> 310); nothing recorded"
+
+
+def edit_code(repo: Repo) -> str:
+    with (repo.path / "mnist_early_stopping/early_stopping.py").open("a") as f:
+        f.write("# edited while training\n")
+    return "train: mnist_early_stopping/early_stopping.py changed while training; nothing recorded"
+
+
+def edit_data(repo: Repo) -> str:
+    with (repo.path / "data/split/train.npz").open("ab") as f:
+        f.write(b"\0")
+    return "train: data/split/train.npz changed while training; nothing recorded"
+
+
+@pytest.mark.parametrize("edit", [edit_param, edit_code, edit_data], ids=["param", "code", "data"])
+def test_an_input_edited_while_training_is_not_recorded(baseline: Baseline, tmp_path: Path, edit):
+    repo = own_copy(baseline.repo, tmp_path)
+    write_params(repo.path, {"train": {"patience": 300}})  # never run: dvc repro trains
+    assert repo.repro("--single-item", "check_params") == ["check_params"]  # it sees all of params.yaml
+    lock, runs = (repo.path / "dvc.lock").read_text(), run_cache_entries(repo)
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo.path, env=repo.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    wait_for_checkpoint(repo, proc)
+    expected = edit(repo)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0, out
+    assert expected in out, out
+    assert "Running stage 'evaluate'" not in out, out
+    assert (repo.path / "dvc.lock").read_text() == lock, "dvc.lock recorded the run"
+    assert run_cache_entries(repo) == runs, "the run-cache recorded the run"
+    assert "train" in json.loads(repo.run("dvc", "status", "--json").stdout), "dvc status says train is up to date"
+    if edit is edit_param:
+        # The edit undone: the finished training's checkpoint completes the stage without training again.
+        write_params(repo.path, {"train": {"patience": 300}})
+        out = repo.run("dvc", "repro").stdout
+        assert "train: resuming from the checkpoint at iteration" in out, out
+        assert "Iter: " not in out, "it trained again"
+        assert "up to date" in repo.run("dvc", "status").stdout
