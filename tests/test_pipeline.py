@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -579,3 +580,84 @@ def test_an_input_edited_while_training_is_not_recorded(baseline: Baseline, tmp_
         assert "train: resuming from the checkpoint at iteration" in out, out
         assert "Iter: " not in out, "it trained again"
         assert "up to date" in repo.run("dvc", "status").stdout
+
+
+def stage_processes(under: Path, stage: str) -> list[int]:
+    """Pids of `python -m stages.<stage>` processes whose working directory is inside `under`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(proc / "cwd"))
+        except (OSError, ValueError):
+            continue
+        if f"stages.{stage}".encode() in cmdline and cwd.is_relative_to(under):
+            pids.append(int(proc.name))
+    return pids
+
+
+def wait_for_queue(repo: Repo) -> str:
+    """`dvc queue status` once nothing is queued or running."""
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", status := repo.run("dvc", "queue", "status").stdout):
+        assert time.monotonic() < deadline, f"queued experiments did not finish:\n{status}"
+        time.sleep(1)
+    return status
+
+
+def comparable_result(repo: Repo) -> dict:
+    """What a training yields, less how long it took and where it resumed.
+
+    train.json without timings or the network files' digests (a .keras file records
+    when it was saved, and a resumed process orders the SavedModel's variables its
+    own way), the curves, the initial, best and final conv kernels, test.json and
+    the predictions.
+    """
+    skip = ("wall_seconds", "iterations_per_second", "resumed_from_iteration", "best_network_sha256")
+    train = {k: v for k, v in repo.metrics("train").items() if k not in skip}
+    with np.load(repo.path / "models/kernels.npz") as kernels:
+        weights = {name: kernels[name].tolist() for name in kernels.files}
+    return {"train": train, "curves": read_curves(repo.path), "kernels": weights, "test": repo.metrics("test"),
+            "predictions": (repo.path / "metrics/predictions.csv").read_text()}
+
+
+def start_queue(repo: Repo) -> None:
+    """`dvc queue start`, returning once the worker is started rather than when it stops.
+
+    The worker it starts inherits the command's output: read through a pipe, the
+    command would seem to last until the queue is empty.
+    """
+    subprocess.run(["dvc", "queue", "start"], cwd=repo.path, env=repo.env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True, timeout=120)
+
+
+def test_a_killed_queued_experiment_resumes_when_queued_again(baseline: Baseline, tmp_path: Path):
+    uninterrupted = own_copy(baseline.repo, tmp_path / "uninterrupted")
+    write_params(uninterrupted.path, {"train": {"patience": 90}})
+    uninterrupted.repro()
+
+    repo = own_copy(baseline.repo, tmp_path / "queued")
+    repo.run("dvc", "exp", "run", "--queue", "-n", "killed", "-S", "train.patience=90")
+    start_queue(repo)
+    # Once the experiment's training (in a copy under .dvc/tmp/exps) has saved a checkpoint in the
+    # workspace's store, kill it as the kernel's out-of-memory killer would.
+    copies, store = repo.path / ".dvc/tmp/exps", repo.path / "checkpoints/train"
+    deadline = time.monotonic() + 300
+    while not ((pids := stage_processes(copies, "train")) and list(store.glob("*/ckpt-*.json"))):
+        assert time.monotonic() < deadline, repo.run("dvc", "queue", "status").stdout
+        time.sleep(0.01)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    status = wait_for_queue(repo)
+    assert re.search(r"killed\s.*Failed", status), status
+    assert entry_dirs(repo.path), "the killed experiment's checkpoints went with its copy"
+
+    repo.run("dvc", "exp", "run", "--queue", "-n", "resumed", "-S", "train.patience=90")
+    start_queue(repo)
+    status = wait_for_queue(repo)
+    assert re.search(r"resumed\s.*Success", status), status
+    log = repo.run("dvc", "queue", "logs", "resumed").stdout
+    assert "train: resuming from the checkpoint at iteration" in log, log
+    assert not entry_dirs(repo.path), "the finished run's entry is removed"
+    repo.run("dvc", "exp", "apply", "resumed")
+    assert comparable_result(repo) == comparable_result(uninterrupted)
