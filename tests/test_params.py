@@ -13,7 +13,7 @@ import yaml
 
 from mnist_early_stopping import params
 from mnist_early_stopping.params import SECTIONS, DownloadParams, ModelParams, SplitParams, TrainParams
-from tests.conftest import ROOT, run_stage, stage_env, write_params
+from tests.conftest import ROOT, TinyMirror, run_stage, stage_env, write_params
 
 Raw = dict[str, Any]
 
@@ -216,7 +216,7 @@ print(json.dumps(results))
 
 @pytest.mark.slow
 def test_stages_reject_bad_params_before_importing_tensorflow(
-    project: Path, tiny_mirror: tuple[Path, Path]
+    project: Path, tiny_mirror: TinyMirror
 ) -> None:
     write_params(project, {"train": {"patience": 0}})
     env = stage_env(tiny_mirror)

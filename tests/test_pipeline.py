@@ -88,10 +88,10 @@ def declared_outputs(dvc_yaml: Path) -> list[str]:
     return paths
 
 
-def tool_env(mirror: Path, digests: Path) -> dict[str, str]:
+def tool_env(mirror: Path) -> dict[str, str]:
     """Environment in which `dvc` and the stages' `python` are this interpreter's."""
     bin_dir = str(Path(sys.executable).parent)
-    env = dict(os.environ, MNIST_MIRROR=str(mirror), MNIST_DIGESTS=str(digests), TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, MNIST_MIRROR=str(mirror), TF_CPP_MIN_LOG_LEVEL="2")
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env.update(
         GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
@@ -104,9 +104,9 @@ def tool_env(mirror: Path, digests: Path) -> dict[str, str]:
 def new_repo(base: Path) -> Repo:
     """A fresh git + DVC repo holding the project with tiny params, in base/project (the mirror beside)."""
     mirror = base / "mirror"
-    digests = write_mirror(mirror)
+    write_mirror(mirror)  # the data set whose digests copy_project puts in download.files
     path = copy_project(base / "project", COPIED)
-    r = Repo(path, tool_env(mirror, digests))
+    r = Repo(path, tool_env(mirror))
     r.run("git", "init", "-q", "-b", "main")
     r.run("dvc", "init", "-q")
     for option in ("core.autostage true", "core.analytics false", "core.check_update false"):
@@ -276,8 +276,8 @@ def test_second_repro_runs_nothing(baseline: Baseline, tmp_path: Path):
 def test_changing_only_the_mirror_reruns_nothing(baseline: Baseline, tmp_path: Path):
     repo = own_copy(baseline.repo, tmp_path)
     plain = tmp_path / "plain-mirror"
-    digests = write_mirror(plain, gzipped=False)
-    env = dict(repo.env, MNIST_MIRROR=plain.as_uri(), MNIST_DIGESTS=str(digests))
+    write_mirror(plain, gzipped=False)  # the same data set, decompressed
+    env = dict(repo.env, MNIST_MIRROR=plain.as_uri())
     assert repo.repro(env=env) == []
     # Even a forced download from the other mirror yields identical files: nothing downstream re-runs.
     assert repo.repro("--force", "--single-item", "download", env=env) == ["download"]
