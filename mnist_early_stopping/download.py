@@ -4,8 +4,8 @@ Mirrors are tried in order: $MNIST_MIRROR first (a directory, a file:// URL or
 an http(s):// URL), then `download.mirrors` from params.yaml. A mirror may
 serve each file gzipped (`NAME.gz`) or plain (`NAME`). Every file is checked
 against the SHA-256 and size of its *decompressed* content (`download.files`)
-and stored decompressed, so the output is byte-identical whichever mirror served it and
-DVC never re-runs later stages because the source changed.
+and stored decompressed, so the output is byte-identical whichever mirror
+served it and DVC never re-runs later stages because the source changed.
 
 The stage writes nothing in data/raw but the four MNIST files and its own
 temp dirs (`.NAME.xxxxxxxx`), and deletes nothing else: anything else there
@@ -18,9 +18,9 @@ never answer a connect: each such mirror is asked once in the whole stage and
 cut after min_rate_window_seconds + 1 s of polling = 21 s (connects included,
 as their sockets are cut too; timeout_seconds = 30 s is longer than the window,
 so a silence always meets the rate rule first). $MNIST_MIRROR and the two
-configured mirrors: 3 x 21 s = 63 s, plus the retries of mirrors that refuse
-at once (backoff 1 + 2 s per file): under 2 minutes. Name look-ups are the
-system resolver's, outside these bounds.
+configured mirrors: 3 x 21 s = 63 s; a mirror that refuses at once instead
+costs its retries' backoff, 1 + 2 s per file: under 2 minutes in all. Name
+look-ups are the system resolver's, outside these bounds.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ class Output:
 
 
 class MinRate:
-    """curl's --speed-limit/--speed-time: too slow when the last `window` seconds averaged under `rate` bytes/s."""
+    """curl's --speed-limit/--speed-time: too slow once the last `window` s averaged under `rate` bytes/s."""
 
     def __init__(self, rate: float, window: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.window, self.clock = rate, window, clock

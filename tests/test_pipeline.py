@@ -284,6 +284,28 @@ def test_changing_only_the_mirror_reruns_nothing(baseline: Baseline, tmp_path: P
     assert repo.repro(env=env) == []
 
 
+def test_switching_the_data_set_reruns_everything_and_switching_back_restores(baseline: Baseline, tmp_path: Path):
+    repo = own_copy(baseline.repo, tmp_path)
+    outputs = ["data", "models", "metrics", "plots"]
+    before, original = file_digests(repo.path, outputs), (repo.path / "params.yaml").read_text()
+    other = tmp_path / "other-mirror"
+    files = write_mirror(other, seed=1)  # another data set in MNIST's format: other digests
+    write_params(repo.path, {"download": {"files": files}})
+    env = dict(repo.env, MNIST_MIRROR=str(other))
+    assert "download" in json.loads(repo.run("dvc", "status", "--json", env=env).stdout)
+    assert_ran_in_order(repo.repro(env=env), STAGES)
+    for name, digest in files.items():
+        assert hashlib.sha256((repo.path / "data/raw" / name).read_bytes()).hexdigest() == digest["sha256"]
+    # Back to the first data set: every stage comes back from the run-cache, nothing is downloaded.
+    (repo.path / "params.yaml").write_text(original)
+    out = repo.run("dvc", "repro").stdout
+    assert re.findall(r"Running stage '([\w-]+)'", out) == ["check_params"], out  # no outputs, no run-cache
+    for stage in STAGES[1:]:
+        assert f"Stage '{stage}' is cached - skipping run" in out, out
+    assert file_digests(repo.path, outputs) == before
+    assert "up to date" in repo.run("dvc", "status").stdout
+
+
 def test_metrics_show_lists_data_train_and_test(baseline: Baseline):
     repo = baseline.repo
     shown = json.loads(repo.run("dvc", "metrics", "show", "--json").stdout)

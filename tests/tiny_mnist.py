@@ -47,7 +47,7 @@ def make_arrays(n_train: int = 600, n_test: int = 200, seed: int = 0) -> dict[st
 
 def digest_table(files: dict[str, bytes]) -> dict[str, dict[str, int | str]]:
     """The `download.files` param of the files' decompressed content: {name: {size, sha256}}."""
-    return {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()}
+    return {name: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for name, d in files.items()}
 
 
 def write_mirror(directory: Path, gzipped: bool = True, **kwargs: int) -> dict[str, dict[str, int | str]]:
