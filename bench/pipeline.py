@@ -15,7 +15,8 @@ times the training step and one validation pass alone (bench/step.py's `ours`, i
 process on the same data), which gives the arithmetic of the run: the budget counts everything
 else as start-up, loads, writes and DVC. --queue then times two experiments run one after the
 other against the same two queued and run by `dvc queue start -j 2`, with one thread each.
-A relative mirror (and $MNIST_DIGESTS) is taken relative to the project root, as the stages do.
+A relative mirror is taken relative to the project root, as the stages do; the data set is the
+one params.yaml's download.files names.
 """
 
 from __future__ import annotations
@@ -728,16 +729,14 @@ def absolute(value: str, source: Path) -> str:
 
 
 def stage_env(mirror: str | None, source: Path) -> dict[str, str]:
-    """Child environment: the mirror (and $MNIST_DIGESTS) made absolute, the library from the copy."""
+    """Child environment: the mirror made absolute, the library from the copy."""
     if not mirror:
         raise SystemExit(
             "bench: needs --mirror or MNIST_MIRROR, a directory or URL holding the four MNIST "
             ".gz files (e.g. ../shared/mnist, relative to the project root)"
         )
-    extra = {"MNIST_MIRROR": absolute(mirror, source), "PYTHONPATH": ""}  # the stages run the copy's code
-    if digests := os.environ.get("MNIST_DIGESTS"):
-        extra["MNIST_DIGESTS"] = absolute(digests, source)
-    env = child_env(**extra)
+    # The stages run the copy's code.
+    env = child_env(MNIST_MIRROR=absolute(mirror, source), PYTHONPATH="")
     env.pop(TIMINGS_ENV, None)  # set per run
     return env
 

@@ -3,25 +3,35 @@
 Mirrors are tried in order: $MNIST_MIRROR first (a directory, a file:// URL or
 an http(s):// URL), then `download.mirrors` from params.yaml. A mirror may
 serve each file gzipped (`NAME.gz`) or plain (`NAME`). Every file is checked
-against the SHA-256 and size of its *decompressed* content and stored
-decompressed, so the output is byte-identical whichever mirror served it and
-DVC never re-runs later stages because the source changed.
+against the SHA-256 and size of its *decompressed* content (`download.files`)
+and stored decompressed, so the output is byte-identical whichever mirror
+served it and DVC never re-runs later stages because the source changed.
 
 The stage writes nothing in data/raw but the four MNIST files and its own
 temp dirs (`.NAME.xxxxxxxx`), and deletes nothing else: anything else there
-makes it refuse to run. What a mirror sends is bounded in size and in time,
-and redirects go to http(s) only, never from https down to http.
+makes it refuse to run. What a mirror sends is bounded in size and in time
+(a minimum rate, then a deadline), and redirects go to http(s) only, never
+from https down to http.
+
+Worst case in time, with the default params, against mirrors that trickle or
+never answer a connect: each such mirror is asked once in the whole stage and
+cut after min_rate_window_seconds + 1 s of polling = 21 s (connects included,
+as their sockets are cut too; timeout_seconds = 30 s is longer than the window,
+so a silence always meets the rate rule first). $MNIST_MIRROR and the two
+configured mirrors: 3 x 21 s = 63 s; a mirror that refuses at once instead
+costs its retries' backoff, 1 + 2 s per file: under 2 minutes in all. Name
+look-ups are the system resolver's, outside these bounds.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import gzip
 import hashlib
 import http.client
 import io
-import json
 import os
 import re
 import socket
@@ -34,46 +44,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mnist_early_stopping import params
 from mnist_early_stopping.cli import StageError
+from mnist_early_stopping.layout import MNIST_NAMES
+from mnist_early_stopping.params import Expected
 
 MIRROR_ENV = "MNIST_MIRROR"
-# A JSON file {"name": {"size": N, "sha256": "..."}} replacing the canonical
-# digests: for tests and for other datasets in MNIST's format.
-DIGESTS_ENV = "MNIST_DIGESTS"
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class Expected:
-    """Size and SHA-256 of a file's decompressed content."""
-
-    size: int
-    sha256: str
-
-
-CANONICAL: dict[str, Expected] = {
-    "train-images-idx3-ubyte": Expected(
-        47040016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
-    ),
-    "train-labels-idx1-ubyte": Expected(
-        60008, "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
-    ),
-    "t10k-images-idx3-ubyte": Expected(
-        7840016, "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
-    ),
-    "t10k-labels-idx1-ubyte": Expected(
-        10008, "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
-    ),
-}
-
-
-# The only names ever used as paths in data/raw, whatever a digest table says.
-MNIST_NAMES = tuple(CANONICAL)
 # What fetch_from_mirror writes in its temp dir: the bytes as received, then the verified content.
 DOWNLOAD, CONTENT = "download", "content"
 # A download may be larger than its decompressed size by gzip's framing: a
@@ -82,11 +62,13 @@ DOWNLOAD, CONTENT = "download", "content"
 # MNIST-sized files and bounds what a mirror can make the stage write.
 GZIP_SLACK = 64 * 1024
 # One attempt at one file (NAME.gz then NAME, redirects included) is cut off
-# after 10 * timeout_seconds, at least 10 minutes (the 47 MB training images
-# at 80 kB/s): timeout_seconds alone bounds silences, not a mirror that sends
-# a byte now and then forever.
+# after 10 * timeout_seconds, at least 10 minutes, and never before a transfer
+# at the minimum rate could end (the 47 MB training images at 10 kB/s: 78 min):
+# the rate rule stops trickles; this is the backstop for anything it misses.
 DEADLINE_TIMEOUTS = 10
 MIN_DEADLINE_SECONDS = 600.0
+# How often the rate rule and the deadline are checked, at most.
+POLL_SECONDS = 1.0
 
 
 class FetchError(Exception):
@@ -97,8 +79,12 @@ class NotOnMirror(FetchError):
     """The mirror does not have this file (HTTP 404 or no such local file)."""
 
 
+class TooSlow(FetchError):
+    """The attempt was cut by the rate rule or the deadline: the mirror is not asked again."""
+
+
 class BadInput(StageError):
-    """The user's settings are wrong ($MNIST_DIGESTS, $MNIST_MIRROR)."""
+    """The user's settings are wrong ($MNIST_MIRROR, a digest table)."""
 
     code = 2
 
@@ -117,59 +103,12 @@ def local_error(action: str, path: Path | str, e: OSError) -> LocalError:
     return LocalError(f"cannot {action} {path}: {reason}")
 
 
-def attempt_deadline(timeout: float) -> float:
-    """Seconds one attempt at one file may take in all (see MIN_DEADLINE_SECONDS)."""
-    return max(DEADLINE_TIMEOUTS * timeout, MIN_DEADLINE_SECONDS)
+def attempt_deadline(timeout: float, limit: int, min_rate: float) -> float:
+    """Seconds one attempt at one file of at most `limit` bytes may take in all (see DEADLINE_TIMEOUTS)."""
+    return max(DEADLINE_TIMEOUTS * timeout, MIN_DEADLINE_SECONDS, limit / min_rate)
 
 
 # --- the digest table and the mirrors: checked before anything is touched -----------------------
-
-
-def load_expected() -> dict[str, Expected]:
-    """The digest table: canonical MNIST, or the file named by $MNIST_DIGESTS."""
-    path = os.environ.get(DIGESTS_ENV)
-    if not path:
-        return CANONICAL
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise BadInput(f"${DIGESTS_ENV}={path} is not a readable digest table: {e}") from None
-    problem = table_problem(raw)
-    if problem:
-        raise BadInput(
-            f"${DIGESTS_ENV}={path}: {problem}; it must map each of {', '.join(MNIST_NAMES)}"
-            ' (and nothing else) to {"size": N, "sha256": "<64 hex digits>"}'
-        )
-    return {name: Expected(raw[name]["size"], raw[name]["sha256"].lower()) for name in MNIST_NAMES}
-
-
-def table_problem(raw: Any) -> str | None:
-    """What is wrong with a parsed digest table, or None."""
-    if not isinstance(raw, dict):
-        return "not a JSON object"
-    unknown = sorted(set(raw) - set(MNIST_NAMES))
-    if unknown:
-        return f"unknown file name {unknown[0]!r}"
-    missing = [name for name in MNIST_NAMES if name not in raw]
-    if missing:
-        return f"no entry for {missing[0]}"
-    for name in MNIST_NAMES:
-        problem = entry_problem(raw[name])
-        if problem:
-            return f"{name}: {problem}"
-    return None
-
-
-def entry_problem(entry: Any) -> str | None:
-    """What is wrong with one {"size": N, "sha256": "..."} entry, or None."""
-    if not isinstance(entry, dict) or set(entry) != {"size", "sha256"}:
-        return 'not {"size": N, "sha256": "..."}'
-    size, sha256 = entry["size"], entry["sha256"]
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-        return f"size must be a positive integer, got {size!r}"
-    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
-        return f"sha256 must be 64 hex digits, got {sha256!r}"
-    return None
 
 
 def check_names(expected: dict[str, Expected]) -> None:
@@ -311,26 +250,87 @@ class Output:
         self.do(self.file.close)  # a full disk may show only here, when the buffer is flushed
 
 
-# --- one connection: a deadline, safe redirects --------------------------------------------------
+# --- one connection: a minimum rate, a deadline, safe redirects ----------------------------------
+
+
+class MinRate:
+    """curl's --speed-limit/--speed-time: too slow once the last `window` s averaged under `rate` bytes/s."""
+
+    def __init__(self, rate: float, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.window, self.clock = rate, window, clock
+        self.samples: collections.deque[tuple[float, int]] = collections.deque([(clock(), 0)])
+
+    def too_slow(self, received: int) -> bool:
+        """Note that `received` bytes have arrived so far; whether the last window was too slow."""
+        now = self.clock()
+        self.samples.append((now, received))
+        while self.samples[1][0] <= now - self.window:  # the window starts at the last sample before it
+            self.samples.popleft()
+        start, before = self.samples[0]
+        return now - start >= self.window and received - before < self.rate * (now - start)
 
 
 class Deadline:
-    """The end of one attempt: then every socket it opened is shut down, whatever is going on."""
+    """The end of one attempt, at its time limit or as soon as it falls under the minimum rate: then
+    every socket it opened is shut down, whatever is going on (a connect, a TLS handshake, a read)."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float, min_rate: MinRate | None = None) -> None:
+        self.seconds, self.min_rate = seconds, min_rate
+        self.received = 0  # bytes of the attempt so far, counted by the reader, judged by the rate rule
         self.expired = False
+        self.too_slow = False  # expired by the rate rule, not the time limit
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
-        self.timer = threading.Timer(seconds, self.expire)
-        self.timer.daemon = True
+        self.done = threading.Event()
+        self.watcher = threading.Thread(target=self.watch, daemon=True)
 
     def __enter__(self) -> Deadline:
-        self.timer.start()
+        self.watcher.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.timer.cancel()
+        self.done.set()
+        self.watcher.join()
+
+    def watch(self) -> None:
+        """The watcher thread: check the rule every poll, and the time limit, until the attempt is done."""
+        end = time.monotonic() + self.seconds
+        poll = min(POLL_SECONDS, self.min_rate.window / 10) if self.min_rate else POLL_SECONDS
+        while not self.done.wait(min(poll, max(end - time.monotonic(), 0.0))):
+            if self.min_rate is not None and self.min_rate.too_slow(self.received):
+                self.too_slow = True
+            if self.too_slow or time.monotonic() >= end:
+                self.expire()
+                return
+
+    def reason(self, url: str) -> str:
+        """Why the attempt at `url` was cut, once it has expired."""
+        if self.too_slow and self.min_rate is not None:
+            rate, window = self.min_rate.rate, self.min_rate.window
+            return f"{url} sent less than {rate:g} bytes/s over {window:g} s, the minimum rate"
+        return f"{url} not complete after {self.seconds:g} s, the limit for one attempt"
+
+    def connect(
+        self, address: tuple[str, int], timeout: float, source_address: tuple[str, int] | None = None
+    ) -> socket.socket:
+        """socket.create_connection, each socket cut from before its connect on; no address tried once cut."""
+        host, port = address
+        error: OSError = OSError(f"no address for {host}")
+        for family, kind, proto, _, addr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                self.track(sock)
+                sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(addr)
+                return sock
+            except OSError as e:
+                sock.close()
+                error = e
+                if self.expired:
+                    break
+        raise error
 
     def track(self, sock: socket.socket) -> None:
         """Cut `sock` at the deadline (at once if it has passed)."""
@@ -340,7 +340,7 @@ class Deadline:
                 shut(sock)
 
     def expire(self) -> None:
-        """Called by the timer: wake every read blocked on the attempt's sockets."""
+        """Called by the watcher: wake every connect or read blocked on the attempt's sockets."""
         with self.lock:
             self.expired = True
             for sock in self.sockets:
@@ -354,15 +354,19 @@ def shut(sock: socket.socket) -> None:
 
 
 class TrackedHTTPConnection(http.client.HTTPConnection):
-    """An HTTP connection whose socket its Deadline can cut."""
+    """An HTTP connection whose socket its Deadline can cut, from the connect on."""
 
     def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.deadline = deadline
+        self._create_connection = deadline.connect  # http.client's hook for making the socket
 
-    def connect(self) -> None:
-        super().connect()
-        self.deadline.track(self.sock)
+
+class TrackedHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection whose socket its Deadline can cut, from the connect on."""
+
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = deadline.connect
 
 
 class TrackedTLSContext(ssl.SSLContext):
@@ -406,7 +410,8 @@ class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
         self.deadline = deadline
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(http.client.HTTPSConnection, req, context=tls_context(self.deadline))
+        context = tls_context(self.deadline)
+        return self.do_open(TrackedHTTPSConnection, req, context=context, deadline=self.deadline)
 
 
 def redirect_problem(source: str, target: str) -> str | None:
@@ -492,17 +497,17 @@ def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None]
 def fetch_to(url: str, dest: Path, timeout: float, limit: int, deadline: Deadline) -> str:
     """Copy at most `limit` bytes at `url` into `dest`; return the URL read after redirects.
 
-    Raises FetchError for whatever the mirror does wrong, LocalError when `dest` cannot be written.
+    Raises FetchError for whatever the mirror does wrong (TooSlow when the deadline cut it),
+    LocalError when `dest` cannot be written.
     """
-    late = f"{url} not complete after {deadline.seconds:g} s, the limit for one attempt"
     try:
         final, received, length = copy_url(url, dest, timeout, limit, deadline)
     except FetchError:
         if deadline.expired:
-            raise FetchError(late) from None
+            raise TooSlow(deadline.reason(url)) from None
         raise
     if deadline.expired:  # the deadline's shutdown may read as a normal end of a response of unknown length
-        raise FetchError(late)
+        raise TooSlow(deadline.reason(url))
     if length is not None and received != length:
         raise FetchError(f"{url}: {received} bytes received but Content-Length said {length}")
     return final
@@ -525,6 +530,7 @@ def copy_url(
             # read1 returns what has arrived, so the checks run between the server's sends.
             while chunk := stream.read1(CHUNK):
                 received += len(chunk)
+                deadline.received += len(chunk)
                 if received > limit:
                     raise FetchError(too_many)
                 if deadline.expired:
@@ -589,20 +595,28 @@ def is_verified(path: Path, expected: Expected) -> bool:
 
 
 def fetch_from_mirror(
-    mirror: str, name: str, expected: Expected, out: Path, timeout: float, log: Callable[[str], None] = print
+    mirror: str,
+    name: str,
+    expected: Expected,
+    out: Path,
+    cfg: params.DownloadParams,
+    log: Callable[[str], None] = print,
 ) -> None:
     """Fetch `name` (as NAME.gz, else NAME) from one mirror into `out`, verified."""
-    with temp_dir(out) as tmp, Deadline(attempt_deadline(timeout)) as deadline:
+    timeout, limit, rate = cfg.timeout_seconds, expected.size + GZIP_SLACK, cfg.min_rate_bytes_per_second
+    with temp_dir(out) as tmp:
         downloaded, verified = tmp / DOWNLOAD, tmp / CONTENT
-        for candidate in (name + ".gz", name):
-            url = file_url(mirror, candidate)
-            try:
-                final = fetch_to(url, downloaded, timeout, expected.size + GZIP_SLACK, deadline)
-                break
-            except NotOnMirror:
-                continue
-        else:
-            raise NotOnMirror(f"has neither {name}.gz nor {name}")
+        min_rate = MinRate(rate, cfg.min_rate_window_seconds)
+        with Deadline(attempt_deadline(timeout, limit, rate), min_rate) as deadline:
+            for candidate in (name + ".gz", name):
+                url = file_url(mirror, candidate)
+                try:
+                    final = fetch_to(url, downloaded, timeout, limit, deadline)
+                    break
+                except NotOnMirror:
+                    continue
+            else:
+                raise NotOnMirror(f"has neither {name}.gz nor {name}")
         if final != url:
             log(f"download: {url} redirected to {final}")
         decompress_and_verify(downloaded, verified, expected)
@@ -622,20 +636,33 @@ def fetch_file(
     cfg: params.DownloadParams,
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[[str], None] = print,
+    dropped: set[str] | None = None,
 ) -> list[str]:
     """Fetch one file, trying each mirror with retries; return the failures seen.
 
-    A LocalError (the disk, not the mirror) is raised at once: retrying or
-    another mirror would fail the same way.
+    A mirror cut for slowness is not retried and joins `dropped`, the mirrors
+    not asked again (for the remaining files too): a stalled mirror costs the
+    stage one rate window, not one per attempt and file. A LocalError (the
+    disk, not the mirror) is raised at once: retrying or another mirror would
+    fail the same way.
     """
+    dropped = set() if dropped is None else dropped
     failures: list[str] = []
     for mirror in mirrors:
+        if mirror in dropped:
+            failures.append(f"{mirror}: not asked, too slow for an earlier file")
+            continue
         for attempt in range(1, cfg.retries + 1):
             try:
-                fetch_from_mirror(mirror, name, expected, out_dir / name, cfg.timeout_seconds, log)
+                fetch_from_mirror(mirror, name, expected, out_dir / name, cfg, log)
                 return []
             except NotOnMirror as e:
                 failures.append(f"{mirror}: {e}")
+                break
+            except TooSlow as e:
+                failures.append(f"{mirror}: {e} (not asked again)")
+                log(f"download: {mirror} dropped: {e}")
+                dropped.add(mirror)
                 break
             except FetchError as e:
                 if attempt == cfg.retries:
@@ -664,6 +691,7 @@ def download_all(
     for mirror in mirrors:
         check_mirror(mirror, out_dir)
     prepare(out_dir)
+    dropped: set[str] = set()
     for name in MNIST_NAMES:  # never a name from the table: those are checked, these are ours
         path, exp = out_dir / name, expected[name]
         if is_verified(path, exp):
@@ -675,7 +703,7 @@ def download_all(
                 path.unlink()  # one of our outputs (prepare checked), stale
             except OSError as e:
                 raise local_error("remove", path, e) from None
-        failures = fetch_file(name, exp, mirrors, out_dir, cfg, log=log)
+        failures = fetch_file(name, exp, mirrors, out_dir, cfg, log=log, dropped=dropped)
         if failures:
             return [f"download: could not get {name} from any mirror:"] + ["  " + f for f in failures]
         log(f"download: {name} verified ({exp.size} bytes)")

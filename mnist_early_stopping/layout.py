@@ -11,6 +11,14 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 
 RAW_DIR = Path("data/raw")
+# The four files of the download stage: the only names ever used as paths in
+# RAW_DIR, whatever a digest table (download.files) says.
+MNIST_NAMES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 SPLIT_DIR = Path("data/split")
 SPLITS = ("train", "validation", "test")
 

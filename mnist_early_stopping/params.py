@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mnist_early_stopping.layout import MNIST_NAMES
+
 PARAMS_FILE = Path("params.yaml")
 EXIT_BAD_PARAMS = 2
 
@@ -44,6 +46,18 @@ def _url_list() -> dict[str, Any]:
     return {"kind": "url_list"}
 
 
+def _digest_table() -> dict[str, Any]:
+    return {"kind": "digest_table"}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """Size and SHA-256 of a file's decompressed content."""
+
+    size: int
+    sha256: str
+
+
 @dataclass(frozen=True)
 class DownloadParams:
     """Where and how the four MNIST files are fetched."""
@@ -56,6 +70,12 @@ class DownloadParams:
     """Attempts per file and mirror before moving on to the next mirror."""
     backoff_seconds: float = field(metadata=_float(0.0, 60.0))
     """Pause before the second attempt; doubled for each further one."""
+    min_rate_bytes_per_second: float = field(metadata=_float(0.0, 1e9, low_open=True))
+    """A transfer averaging less over min_rate_window_seconds is abandoned, its mirror dropped."""
+    min_rate_window_seconds: float = field(metadata=_float(0.0, 3600.0, low_open=True))
+    """The window over which the transfer rate is averaged."""
+    files: dict[str, Expected] = field(metadata=_digest_table())
+    """Size and SHA-256 of each MNIST file's decompressed content: the data set's identity."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +179,39 @@ def _describe(spec: dict[str, Any]) -> str:
             f"a list of {spec['min_len']} to {spec['max_len']} integers, "
             f"each between {spec['low']} and {spec['high']}"
         )
+    if kind == "digest_table":
+        names = ", ".join(MNIST_NAMES)
+        return f"a mapping of each of {names} (and nothing else) to {{size: N, sha256: <64 hex digits>}}"
     return "a non-empty list of http(s):// or file:// URLs"
+
+
+def table_problem(raw: Any) -> str | None:
+    """What is wrong with a digest table (download.files), or None."""
+    if not isinstance(raw, dict):
+        return f"got {raw!r}"
+    unknown = sorted(map(str, set(raw) - set(MNIST_NAMES)))
+    if unknown:
+        return f"unknown file name {unknown[0]!r}"
+    missing = [name for name in MNIST_NAMES if name not in raw]
+    if missing:
+        return f"no entry for {missing[0]}"
+    for name in MNIST_NAMES:
+        problem = entry_problem(raw[name])
+        if problem:
+            return f"{name}: {problem}"
+    return None
+
+
+def entry_problem(entry: Any) -> str | None:
+    """What is wrong with one {size: N, sha256: ...} entry, or None."""
+    if not isinstance(entry, dict) or set(entry) != {"size", "sha256"}:
+        return f"not {{size: N, sha256: <64 hex digits>}}, got {entry!r}"
+    size, sha256 = entry["size"], entry["sha256"]
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        return f"size must be a positive integer, got {size!r}"
+    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        return f"sha256 must be a string of 64 hex digits, got {sha256!r}"
+    return None
 
 
 def _valid(value: Any, spec: dict[str, Any]) -> Any:
@@ -184,6 +236,10 @@ def _valid(value: Any, spec: dict[str, Any]) -> Any:
             return None
         ok = all(is_int(v) and spec["low"] <= v <= spec["high"] for v in value)
         return tuple(value) if ok else None
+    if kind == "digest_table":
+        if table_problem(value):
+            return None
+        return {name: Expected(value[name]["size"], value[name]["sha256"].lower()) for name in MNIST_NAMES}
     ok = (
         isinstance(value, list)
         and value
@@ -207,11 +263,14 @@ def parse_section(name: str, raw: Any, cls: type[T]) -> T:
             raise ParamsError(
                 f"params.yaml: missing key {name}.{key}, which must be {_describe(dict(f.metadata))}"
             )
-        value = _valid(raw[key], dict(f.metadata))
-        if value is None:
+        spec = dict(f.metadata)
+        value = _valid(raw[key], spec)
+        if value is None and spec["kind"] == "digest_table":
             raise ParamsError(
-                f"params.yaml: {name}.{key} must be {_describe(dict(f.metadata))}, got {raw[key]!r}"
+                f"params.yaml: {name}.{key}: {table_problem(raw[key])}; it must be {_describe(spec)}"
             )
+        if value is None:
+            raise ParamsError(f"params.yaml: {name}.{key} must be {_describe(spec)}, got {raw[key]!r}")
         values[key] = value
     return cls(**values)
 

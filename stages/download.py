@@ -1,10 +1,10 @@
-"""Download stage: the four MNIST files into data/raw/, verified by SHA-256 and size.
+"""Download stage: the four MNIST files into data/raw/, verified by the SHA-256 and size in `download.files`.
 
 Mirrors are tried in order: $MNIST_MIRROR first (a directory, a file:// URL or
 an http(s):// URL), then `download.mirrors` from params.yaml.
 
 Exit status: 0 done, 1 failed (every mirror failed, the disk failed, or data/raw
-holds files that are not the stage's), 2 bad input ($MNIST_DIGESTS, $MNIST_MIRROR).
+holds files that are not the stage's), 2 bad input (params.yaml, $MNIST_MIRROR).
 Every failure ends with one line saying what to do; never a traceback.
 """
 
@@ -14,7 +14,7 @@ import sys
 
 from mnist_early_stopping import params
 from mnist_early_stopping.cli import run_main
-from mnist_early_stopping.download import MIRROR_ENV, download_all, load_expected, mirror_list
+from mnist_early_stopping.download import MIRROR_ENV, download_all, mirror_list
 from mnist_early_stopping.layout import RAW_DIR
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     """Entry point of the download stage."""
     (cfg,) = params.load("download")
     # Bad input, files not ours, a full disk: a StageError, which run_main reports in one line.
-    errors = download_all(RAW_DIR, load_expected(), mirror_list(cfg.mirrors), cfg)
+    errors = download_all(RAW_DIR, cfg.files, mirror_list(cfg.mirrors), cfg)
     if errors:
         for line in errors:
             print(line, file=sys.stderr)

@@ -12,12 +12,13 @@ import pytest
 import yaml
 
 from mnist_early_stopping.layout import CURVES, curve_path
-from tests.tiny_mnist import write_mirror
+from tests.tiny_mnist import tiny_digests, write_mirror
 
 ROOT = Path(__file__).resolve().parent.parent
-# Params small enough that the whole pipeline runs in seconds on tiny data.
+# Params small enough that the whole pipeline runs in seconds on tiny data,
+# whose digests replace MNIST's: what write_mirror(dir) writes is what download verifies.
 TINY_PARAMS = {
-    "download": {"retries": 1, "backoff_seconds": 0.0, "timeout_seconds": 5},
+    "download": {"retries": 1, "backoff_seconds": 0.0, "timeout_seconds": 5, "files": tiny_digests()},
     "split": {"validation_size": 100},
     "model": {"conv_filters": [4, 8], "dense_units": [16]},
     "train": {
@@ -38,9 +39,12 @@ def write_params(project: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+TinyMirror = tuple[Path, dict[str, dict[str, int | str]]]
+
+
 @pytest.fixture
-def tiny_mirror(tmp_path: Path) -> tuple[Path, Path]:
-    """(mirror directory of gzipped tiny MNIST, digest table path)."""
+def tiny_mirror(tmp_path: Path) -> TinyMirror:
+    """(mirror directory of gzipped tiny MNIST, its digest table: TINY_PARAMS' download.files)."""
     mirror = tmp_path / "mirror"
     return mirror, write_mirror(mirror)
 
@@ -59,15 +63,15 @@ def copy_project(dest: Path, names: tuple[str, ...] = ("stages", "mnist_early_st
 
 
 @pytest.fixture
-def project(tmp_path: Path, tiny_mirror: tuple[Path, Path]) -> Path:
+def project(tmp_path: Path, tiny_mirror: TinyMirror) -> Path:
     """A copy of the project's code and params in a temp dir, set up for tiny data."""
     return copy_project(tmp_path / "project")
 
 
-def stage_env(tiny_mirror: tuple[Path, Path]) -> dict[str, str]:
-    """Environment for running stages against a tiny mirror."""
-    mirror, digests = tiny_mirror
-    env = dict(os.environ, MNIST_MIRROR=str(mirror), MNIST_DIGESTS=str(digests))
+def stage_env(tiny_mirror: TinyMirror) -> dict[str, str]:
+    """Environment for running stages against a tiny mirror (in a project copy, which has its digests)."""
+    mirror, _ = tiny_mirror
+    env = dict(os.environ, MNIST_MIRROR=str(mirror))
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = ""  # stages are imported from the project copy (the cwd)
     return env

@@ -1,6 +1,6 @@
 """Download stage against a local HTTP server and local mirrors: fallback, retries, verification,
 and its hard edges: bad digest tables, files in data/raw that are not the stage's, bounds in size
-and time, redirects, a full disk."""
+and time (the minimum rate, the deadline), redirects, a full disk."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import errno
 import gzip
 import hashlib
 import io
-import json
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from mnist_early_stopping import cli, download
+from mnist_early_stopping import cli, download, params
 from stages import download as download_stage
 from mnist_early_stopping.download import Expected, FetchError, download_all, fetch_file
 from mnist_early_stopping.idx import encode_idx
 from mnist_early_stopping.params import DownloadParams
-from tests.conftest import run_stage, stage_env, write_params
+from tests.conftest import ROOT, TinyMirror, run_stage, stage_env, write_params
 from tests.tiny_mnist import FILE_NAMES, make_arrays
 
 TRAIN_IMAGES, TRAIN_LABELS = FILE_NAMES[0], FILE_NAMES[1]
@@ -46,8 +46,14 @@ def gzipped(files: dict[str, bytes]) -> dict[str, bytes]:
     return {f"{name}.gz": gzip.compress(data, mtime=0) for name, data in files.items()}
 
 
-def config(retries: int = 1, timeout: float = 5.0, backoff: float = 0.0) -> DownloadParams:
-    return DownloadParams(mirrors=(), timeout_seconds=timeout, retries=retries, backoff_seconds=backoff)
+def config(
+    retries: int = 1, timeout: float = 5.0, backoff: float = 0.0, min_rate: float = 1.0, window: float = 3600.0
+) -> DownloadParams:
+    """Download params; by default a rate rule that no test server falls under."""
+    return DownloadParams(
+        mirrors=(), timeout_seconds=timeout, retries=retries, backoff_seconds=backoff,
+        min_rate_bytes_per_second=min_rate, min_rate_window_seconds=window, files=EXPECTED,
+    )
 
 
 def no_sleep(seconds: float) -> None:
@@ -67,6 +73,7 @@ class Mirror:
     drip: float = 0.0  # seconds between single bytes of the response, for at most DRIP_FOR seconds
     drip_headers: bool = False  # drip the status line and headers too, not only the body
     endless: bool = False  # a body of ENDLESS bytes with no Content-Length, whatever is asked
+    steady: tuple[int, float] | None = None  # send the body in blocks of this many bytes, this many seconds apart
 
 
 DRIP_FOR = 6.0
@@ -131,6 +138,14 @@ class Handler(BaseHTTPRequestHandler):
         if mirror.drip:
             self.send_drip(body, mirror.drip)
             return
+        if mirror.steady:
+            size, interval = mirror.steady
+            for i in range(0, len(body), size):
+                self.wfile.write(body[i : i + size])
+                self.wfile.flush()
+                if self.server.release.wait(interval):
+                    return
+            return
         if mirror.stall_after is not None:
             self.wfile.write(body[: mirror.stall_after])
             self.wfile.flush()
@@ -167,11 +182,10 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No proxy between urllib and the local server; no mirror or digests from the caller's environment."""
+    """No proxy between urllib and the local server; no mirror from the caller's environment."""
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.delenv(download.MIRROR_ENV, raising=False)
-    monkeypatch.delenv(download.DIGESTS_ENV, raising=False)
 
 
 @pytest.fixture
@@ -286,15 +300,11 @@ def test_local_mirror_from_env(
     assert_complete(out)  # byte-identical whichever form the mirror has
 
 
-def test_main_in_project(
-    project: Path, tiny_mirror: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    mirror, digests = tiny_mirror
+def test_main_in_project(project: Path, tiny_mirror: TinyMirror, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror, table = tiny_mirror  # the project's download.files
     monkeypatch.chdir(project)
     monkeypatch.setenv(download.MIRROR_ENV, str(mirror))
-    monkeypatch.setenv(download.DIGESTS_ENV, str(digests))
     download_stage.main()
-    table = json.loads(digests.read_text())
     raw = project / "data" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(table)
     for name, d in table.items():
@@ -503,7 +513,7 @@ def test_all_mirrors_fail_in_process(server: LocalServer, tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_all_mirrors_fail_stage_exits_with_advice(
-    server: LocalServer, project: Path, tiny_mirror: tuple[Path, Path]
+    server: LocalServer, project: Path, tiny_mirror: TinyMirror
 ) -> None:
     server.mirrors["m1"] = Mirror(status=500)
     server.mirrors["m2"] = Mirror({})
@@ -572,25 +582,6 @@ def test_no_progress_bar_without_terminal(tmp_path: Path, monkeypatch: pytest.Mo
     assert (tmp_path / "dest").read_bytes() == b"x" * 100
 
 
-def digest_table(entries: dict[str, object] | None = None) -> dict[str, object]:
-    """The tiny data set's digest table as JSON data, with `entries` added or replaced."""
-    table: dict[str, object] = {n: {"size": e.size, "sha256": e.sha256} for n, e in EXPECTED.items()}
-    return {**table, **(entries or {})}
-
-
-def test_digest_table_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert download.load_expected() is download.CANONICAL
-    table = tmp_path / "digests.json"
-    upper = {TRAIN_IMAGES: {"size": 3, "sha256": "AB" * 32}}
-    table.write_text(json.dumps(digest_table(upper)))
-    monkeypatch.setenv(download.DIGESTS_ENV, str(table))
-    assert download.load_expected() == {**EXPECTED, TRAIN_IMAGES: Expected(3, "ab" * 32)}
-    table.write_text("{not json")
-    message = f"$MNIST_DIGESTS={table} is not a readable digest table"
-    with pytest.raises(download.BadInput, match=re.escape(message)):
-        download.load_expected()
-
-
 def test_env_mirror_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
     configured = ("https://a.example/", "https://b.example/")
     assert download.mirror_list(configured) == list(configured)
@@ -625,15 +616,26 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 
 
 @pytest.fixture
-def stage_project(project: Path, tiny_mirror: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
+def stage_project(project: Path, tiny_mirror: TinyMirror, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project copy whose download stage would get the tiny data set from a local mirror."""
-    mirror, digests = tiny_mirror
+    mirror, _ = tiny_mirror
     monkeypatch.setenv(download.MIRROR_ENV, str(mirror))
-    monkeypatch.setenv(download.DIGESTS_ENV, str(digests))
     return project
 
 
-# --- the digest table names the four files, nothing else ----------------------------------------
+# --- the digest table (download.files) names the four files, nothing else ------------------------
+
+
+def table_with(entries: dict[str, object] | None = None) -> dict[str, object]:
+    """The tiny data set's digest table as params.yaml holds it, with `entries` added or replaced."""
+    table: dict[str, object] = {n: {"size": e.size, "sha256": e.sha256} for n, e in EXPECTED.items()}
+    return {**table, **(entries or {})}
+
+
+ALLOWED_TABLE = (
+    "it must be a mapping of each of train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,"
+    " t10k-labels-idx1-ubyte (and nothing else) to {size: N, sha256: <64 hex digits>}"
+)
 
 
 @pytest.mark.parametrize("form", ["absolute", "relative"])
@@ -645,12 +647,9 @@ def test_digest_table_cannot_name_a_path(
     sentinel.mkdir(parents=True)
     (sentinel / "precious.txt").write_text("mine")
     name = str(sentinel) if form == "absolute" else "../../../outside/keep"  # from data/raw
-    table = tmp_path / "evil-digests.json"
-    table.write_text(json.dumps({name: {"size": 3, "sha256": "0" * 64}, **digest_table()}))
-    monkeypatch.setenv(download.DIGESTS_ENV, str(table))
+    write_params(stage_project, {"download": {"files": {name: {"size": 3, "sha256": "0" * 64}, **table_with()}}})
     code, lines = run_main(stage_project, monkeypatch, capsys)
-    assert code == 2 and len(lines) == 1, lines
-    assert lines[0].startswith(f"download: $MNIST_DIGESTS={table}: unknown file name {name!r}; it must map")
+    assert code == 2 and lines == [f"params.yaml: download.files: unknown file name {name!r}; {ALLOWED_TABLE}"]
     assert (sentinel / "precious.txt").read_text() == "mine"
     assert not (stage_project / "data" / "raw").exists()
 
@@ -658,29 +657,53 @@ def test_digest_table_cannot_name_a_path(
 @pytest.mark.parametrize(
     ("table", "problem"),
     [
-        ({k: v for k, v in digest_table().items() if k != TRAIN_LABELS}, f"no entry for {TRAIN_LABELS}"),
-        ([1, 2], "not a JSON object"),
-        (digest_table({TRAIN_IMAGES: {"size": 0, "sha256": "0" * 64}}), "size must be a positive integer"),
-        (digest_table({TRAIN_IMAGES: {"size": -5, "sha256": "0" * 64}}), "size must be a positive integer"),
-        (digest_table({TRAIN_IMAGES: {"size": 3.0, "sha256": "0" * 64}}), "size must be a positive integer"),
-        (digest_table({TRAIN_IMAGES: {"size": "3", "sha256": "0" * 64}}), "size must be a positive integer"),
-        (digest_table({TRAIN_IMAGES: {"size": True, "sha256": "0" * 64}}), "size must be a positive integer"),
-        (digest_table({TRAIN_IMAGES: {"size": 3, "sha256": "abc"}}), "sha256 must be 64 hex digits, got 'ab"),
-        (digest_table({TRAIN_IMAGES: {"size": 3, "sha256": "g" * 64}}), "sha256 must be 64 hex digits"),
-        (digest_table({TRAIN_IMAGES: {"size": 3}}), 'not {"size": N, "sha256": "..."}'),
+        (table_with({"../x": {"size": 3, "sha256": "0" * 64}}), "unknown file name '../x'"),
+        (table_with({"mnist.gz": {"size": 3, "sha256": "0" * 64}}), "unknown file name 'mnist.gz'"),
+        ({k: v for k, v in table_with().items() if k != TRAIN_LABELS}, f"no entry for {TRAIN_LABELS}"),
+        ({}, f"no entry for {TRAIN_IMAGES}"),
+        ([1, 2], "got [1, 2]"),
+        (None, "got None"),
+        (table_with({TRAIN_IMAGES: {"size": 0, "sha256": "0" * 64}}), "size must be a positive integer, got 0"),
+        (table_with({TRAIN_IMAGES: {"size": -5, "sha256": "0" * 64}}), "size must be a positive integer"),
+        (table_with({TRAIN_IMAGES: {"size": 3.0, "sha256": "0" * 64}}), "size must be a positive integer"),
+        (table_with({TRAIN_IMAGES: {"size": "3", "sha256": "0" * 64}}), "size must be a positive integer"),
+        (table_with({TRAIN_IMAGES: {"size": True, "sha256": "0" * 64}}), "size must be a positive integer"),
+        (table_with({TRAIN_IMAGES: {"size": 3, "sha256": "abc"}}), "sha256 must be a string of 64 hex digits"),
+        (table_with({TRAIN_IMAGES: {"size": 3, "sha256": "g" * 64}}), "sha256 must be a string of 64 hex digits"),
+        (table_with({TRAIN_IMAGES: {"size": 3, "sha256": 10**63}}), "sha256 must be a string of 64 hex digits"),
+        (table_with({TRAIN_IMAGES: {"size": 3}}), "not {size: N, sha256: <64 hex digits>}, got {'size': 3}"),
+        (table_with({TRAIN_IMAGES: {"size": 3, "sha256": "0" * 64, "md5": "x"}}), "not {size: N, sha256:"),
+        (table_with({TRAIN_IMAGES: 3}), "not {size: N, sha256: <64 hex digits>}, got 3"),
     ],
-    ids=["missing-name", "list", "zero", "negative", "float", "string", "bool", "short-sha", "not-hex",
-         "no-sha"],
+    ids=["dotdot", "unknown", "missing-name", "empty", "list", "null", "zero", "negative", "float", "string",
+         "bool", "short-sha", "not-hex", "sha-number", "no-sha", "extra-key", "not-mapping"],
 )
-def test_bad_digest_table_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: object, problem: str
-) -> None:
-    path = tmp_path / "digests.json"
-    path.write_text(json.dumps(table))
-    monkeypatch.setenv(download.DIGESTS_ENV, str(path))
-    with pytest.raises(download.BadInput) as refused:
-        download.load_expected()
-    assert problem in str(refused.value) and "\n" not in str(refused.value)
+def test_bad_digest_table_is_refused(table: object, problem: str) -> None:
+    section = {**params.read_params(ROOT / "params.yaml")["download"], "files": table}
+    with pytest.raises(params.ParamsError) as refused:
+        params.parse_section("download", section, DownloadParams)
+    message = str(refused.value)
+    assert message.startswith("params.yaml: download.files: ") and "\n" not in message, message
+    assert problem in message and message.endswith(ALLOWED_TABLE), message
+
+
+def test_digest_table_is_read_lowercased_in_the_files_order() -> None:
+    table = table_with({TRAIN_IMAGES: {"size": 3, "sha256": "AB" * 32}})
+    section = {**params.read_params(ROOT / "params.yaml")["download"], "files": dict(reversed(table.items()))}
+    files = params.parse_section("download", section, DownloadParams).files
+    assert list(files) == list(FILE_NAMES)
+    assert files == {**EXPECTED, TRAIN_IMAGES: Expected(3, "ab" * 32)}
+
+
+def test_the_canonical_digests_are_in_params_yaml() -> None:
+    (cfg,) = params.load("download", path=ROOT / "params.yaml")
+    assert cfg.files[TRAIN_IMAGES] == Expected(
+        47040016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
+    )
+    assert {name: e.size for name, e in cfg.files.items()} == {
+        TRAIN_IMAGES: 47040016, TRAIN_LABELS: 60008, "t10k-images-idx3-ubyte": 7840016,
+        "t10k-labels-idx1-ubyte": 10008,
+    }
 
 
 def test_download_all_uses_only_the_four_names(tmp_path: Path) -> None:
@@ -794,20 +817,142 @@ def test_slow_drip_is_cut_off_by_the_deadline(
     server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, headers: bool
 ) -> None:
     server.mirrors["m1"] = Mirror(gzipped(GOOD), drip=0.2, drip_headers=headers)
-    monkeypatch.setattr(download, "attempt_deadline", lambda timeout: 1.0)
+    monkeypatch.setattr(download, "attempt_deadline", lambda timeout, limit, rate: 1.0)
     out = tmp_path / "raw"
     start = time.monotonic()
-    assert fetch_one(out, [server.url("m1")], config(timeout=2.0)) == [
+    assert fetch_one(out, [server.url("m1")], config(timeout=2.0, retries=3)) == [
         f"{server.url('m1')}: {gz_url(server, 'm1')} not complete after 1 s, the limit for one attempt"
-        " (after 1 attempt)"
+        " (not asked again)"
     ]
+    assert server.count("m1") == 1
     assert time.monotonic() - start < 3
     assert_clean(out)
 
 
 def test_attempt_deadline() -> None:
-    assert download.attempt_deadline(30) == 600
-    assert download.attempt_deadline(120) == 1200
+    assert download.attempt_deadline(30, 60008, 10_000) == 600
+    assert download.attempt_deadline(120, 60008, 10_000) == 1200
+    # Never before a transfer at the minimum rate could end: a steady 50 kB/s link is not cut.
+    limit = 47040016 + download.GZIP_SLACK
+    assert download.attempt_deadline(30, limit, 10_000) == limit / 10_000 > limit / 50_000
+
+
+# --- the minimum rate ----------------------------------------------------------------------------
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def first_too_slow(rule: download.MinRate, clock: Clock, received: Callable[[float], int], step: float) -> float:
+    """The first time (since the start) at which the rule, asked every `step` s, finds the transfer too slow."""
+    start = clock.now
+    while clock.now - start < 1000:
+        clock.now += step
+        if rule.too_slow(received(clock.now - start)):
+            return clock.now - start
+    return float("inf")
+
+
+def test_min_rate_rule_averages_over_the_window() -> None:
+    clock = Clock()
+    # Steady at the minimum rate: kept, however long (asked every second, then every 3 s).
+    assert first_too_slow(download.MinRate(100, 10, clock), clock, lambda t: round(100 * t), 1) == float("inf")
+    assert first_too_slow(download.MinRate(100, 10, clock), clock, lambda t: round(100 * t), 3) == float("inf")
+    # Nothing at all: too slow once a whole window has passed, not before.
+    assert first_too_slow(download.MinRate(100, 10, clock), clock, lambda t: 0, 1) == 10
+    # Just under the rate: too slow at the end of the first window.
+    assert first_too_slow(download.MinRate(100, 10, clock), clock, lambda t: round(99 * t), 1) == 10
+    # 200 bytes/s for 20 s, then a stall: the last 10 s fall under 1000 bytes only at 26 s (16..26 s: 800).
+    assert first_too_slow(download.MinRate(100, 10, clock), clock, lambda t: round(200 * min(t, 20)), 1) == 26
+    # A burst now and then that averages above the rate over every window: kept.
+    bursts = download.MinRate(100, 10, clock)
+    assert first_too_slow(bursts, clock, lambda t: 5000 * int(t // 4), 1) == float("inf")
+
+
+def rule(min_rate: float, window: float, retries: int = 3) -> DownloadParams:
+    return config(retries=retries, timeout=5.0, min_rate=min_rate, window=window)
+
+
+def test_trickling_mirror_is_dropped_for_every_file_and_the_next_serves(server: LocalServer, tmp_path: Path) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD), drip=0.2)  # 5 bytes/s
+    server.mirrors["m2"] = Mirror(gzipped(GOOD))
+    out = tmp_path / "raw"
+    logged: list[str] = []
+    start = time.monotonic()
+    assert download_all(out, EXPECTED, [server.url("m1"), server.url("m2")], rule(1000, 0.5), logged.append) == []
+    assert time.monotonic() - start < 3
+    assert_complete(out)
+    # Asked once in all: not retried, not asked for the three other files.
+    assert server.requests[0] == f"/m1/{TRAIN_IMAGES}.gz" and server.count("m1") == 1
+    assert server.count("m2") == 4
+    assert f"download: {server.url('m1')} dropped: {gz_url(server, 'm1')} sent less than 1000 bytes/s over 0.5 s," \
+        " the minimum rate" in logged
+
+
+def blackhole() -> tuple[socket.socket, socket.socket]:
+    """A listening socket whose one-place queue a held connection fills: connects to it hang, unanswered."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    held = socket.create_connection(listener.getsockname(), timeout=5)
+    return listener, held
+
+
+def test_stage_against_a_trickling_and_unreachable_mirrors_ends_in_bounded_time(
+    server: LocalServer, stage_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.mirrors["m1"] = Mirror(gzipped(GOOD), drip=0.2)
+    listener, held = blackhole()
+    with LocalServer() as srv:  # bound, then closed: nothing listens on that port any more
+        refused = srv.url("m3")
+    silent = "http://{}:{}/m2/".format(*listener.getsockname())
+    urls = [server.url("m1"), silent, refused]
+    # timeout_seconds longer than the window, as in params.yaml: the rule cuts the hanging connect too.
+    write_params(stage_project, {"download": {
+        "mirrors": urls, "retries": 3, "backoff_seconds": 0.01, "timeout_seconds": 5,
+        "min_rate_bytes_per_second": 1000, "min_rate_window_seconds": 0.5,
+    }})
+    monkeypatch.delenv(download.MIRROR_ENV)
+    start = time.monotonic()
+    try:
+        code, lines = run_main(stage_project, monkeypatch, capsys)
+    finally:
+        held.close()
+        listener.close()
+    assert time.monotonic() - start < 4  # 2 windows and their polls, 3 refused connects
+    slow = "sent less than 1000 bytes/s over 0.5 s, the minimum rate (not asked again)"
+    assert code == 1 and lines[:3] == [
+        f"download: could not get {TRAIN_IMAGES} from any mirror:",
+        f"  {urls[0]}: {urls[0]}{TRAIN_IMAGES}.gz {slow}",
+        f"  {urls[1]}: {urls[1]}{TRAIN_IMAGES}.gz {slow}",
+    ], lines
+    assert lines[3].startswith(f"  {refused}: cannot reach {refused}{TRAIN_IMAGES}.gz: ") and "3 attempts" in lines[3]
+    assert len(lines) == 5 and server.count("m1") == 1
+    assert list((stage_project / "data" / "raw").iterdir()) == []
+
+
+def test_steady_adequate_mirror_is_not_cut(server: LocalServer, tmp_path: Path) -> None:
+    size = len(gzipped(GOOD)[f"{TRAIN_IMAGES}.gz"])
+    server.mirrors["m1"] = Mirror(gzipped(GOOD), steady=(500, 0.05))  # 10 kB/s, for a second or more
+    out = tmp_path / "raw"
+    start = time.monotonic()
+    assert fetch_one(out, [server.url("m1")], rule(4000, 0.3)) == []
+    assert time.monotonic() - start > 0.9 * size / 10_000  # it did take several windows
+    assert_complete(out, (TRAIN_IMAGES,))
+    # The same server under a rule above its rate is cut: the rule is what let it through.
+    failures = fetch_one(tmp_path / "other", [server.url("m1")], rule(40_000, 0.3))
+    assert failures == [
+        f"{server.url('m1')}: {gz_url(server, 'm1')} sent less than 40000 bytes/s over 0.3 s, the minimum rate"
+        " (not asked again)"
+    ]
+    assert server.count("m1") == 2
 
 
 # --- redirects -----------------------------------------------------------------------------------

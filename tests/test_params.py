@@ -13,7 +13,7 @@ import yaml
 
 from mnist_early_stopping import params
 from mnist_early_stopping.params import SECTIONS, DownloadParams, ModelParams, SplitParams, TrainParams
-from tests.conftest import ROOT, run_stage, stage_env, write_params
+from tests.conftest import ROOT, TinyMirror, run_stage, stage_env, write_params
 
 Raw = dict[str, Any]
 
@@ -126,6 +126,20 @@ CASES: list[tuple[str, Callable[[Raw], None], str]] = [
      f"params.yaml: download.mirrors must be {URLS}, got []"),
     ("url-not-list", set_key("download", "mirrors", "https://example.org/"),
      f"params.yaml: download.mirrors must be {URLS}, got 'https://example.org/'"),
+    ("zero-min-rate", set_key("download", "min_rate_bytes_per_second", 0),
+     "params.yaml: download.min_rate_bytes_per_second must be a number greater than 0.0 and at most"
+     " 1000000000.0, got 0"),
+    ("string-min-rate-window", set_key("download", "min_rate_window_seconds", "20 s"),
+     "params.yaml: download.min_rate_window_seconds must be a number greater than 0.0 and at most 3600.0,"
+     " got '20 s'"),
+    ("missing-digest-table", remove("download", "files"),
+     "params.yaml: missing key download.files, which must be a mapping of each of train-images-idx3-ubyte,"
+     " train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (and nothing else) to"
+     " {size: N, sha256: <64 hex digits>}"),
+    ("path-in-digest-table", set_key("download", "files", {"../x": {"size": 1, "sha256": "a" * 64}}),
+     "params.yaml: download.files: unknown file name '../x'; it must be a mapping of each of"
+     " train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+     " (and nothing else) to {size: N, sha256: <64 hex digits>}"),
     ("inconsistent", set_key("train", "eval_every", 20000),
      "params.yaml: train.eval_every must be at most train.max_iterations (10000), got 20000"),
 ]
@@ -216,7 +230,7 @@ print(json.dumps(results))
 
 @pytest.mark.slow
 def test_stages_reject_bad_params_before_importing_tensorflow(
-    project: Path, tiny_mirror: tuple[Path, Path]
+    project: Path, tiny_mirror: TinyMirror
 ) -> None:
     write_params(project, {"train": {"patience": 0}})
     env = stage_env(tiny_mirror)

@@ -89,10 +89,10 @@ def declared_outputs(dvc_yaml: Path) -> list[str]:
     return paths
 
 
-def tool_env(mirror: Path, digests: Path) -> dict[str, str]:
+def tool_env(mirror: Path) -> dict[str, str]:
     """Environment in which `dvc` and the stages' `python` are this interpreter's."""
     bin_dir = str(Path(sys.executable).parent)
-    env = dict(os.environ, MNIST_MIRROR=str(mirror), MNIST_DIGESTS=str(digests), TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, MNIST_MIRROR=str(mirror), TF_CPP_MIN_LOG_LEVEL="2")
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env.update(
         GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
@@ -105,9 +105,9 @@ def tool_env(mirror: Path, digests: Path) -> dict[str, str]:
 def new_repo(base: Path) -> Repo:
     """A fresh git + DVC repo holding the project with tiny params, in base/project (the mirror beside)."""
     mirror = base / "mirror"
-    digests = write_mirror(mirror)
+    write_mirror(mirror)  # the data set whose digests copy_project puts in download.files
     path = copy_project(base / "project", COPIED)
-    r = Repo(path, tool_env(mirror, digests))
+    r = Repo(path, tool_env(mirror))
     r.run("git", "init", "-q", "-b", "main")
     r.run("dvc", "init", "-q")
     for option in ("core.autostage true", "core.analytics false", "core.check_update false"):
@@ -277,12 +277,34 @@ def test_second_repro_runs_nothing(baseline: Baseline, tmp_path: Path):
 def test_changing_only_the_mirror_reruns_nothing(baseline: Baseline, tmp_path: Path):
     repo = own_copy(baseline.repo, tmp_path)
     plain = tmp_path / "plain-mirror"
-    digests = write_mirror(plain, gzipped=False)
-    env = dict(repo.env, MNIST_MIRROR=plain.as_uri(), MNIST_DIGESTS=str(digests))
+    write_mirror(plain, gzipped=False)  # the same data set, decompressed
+    env = dict(repo.env, MNIST_MIRROR=plain.as_uri())
     assert repo.repro(env=env) == []
     # Even a forced download from the other mirror yields identical files: nothing downstream re-runs.
     assert repo.repro("--force", "--single-item", "download", env=env) == ["download"]
     assert repo.repro(env=env) == []
+
+
+def test_switching_the_data_set_reruns_everything_and_switching_back_restores(baseline: Baseline, tmp_path: Path):
+    repo = own_copy(baseline.repo, tmp_path)
+    outputs = ["data", "models", "metrics", "plots"]
+    before, original = file_digests(repo.path, outputs), (repo.path / "params.yaml").read_text()
+    other = tmp_path / "other-mirror"
+    files = write_mirror(other, seed=1)  # another data set in MNIST's format: other digests
+    write_params(repo.path, {"download": {"files": files}})
+    env = dict(repo.env, MNIST_MIRROR=str(other))
+    assert "download" in json.loads(repo.run("dvc", "status", "--json", env=env).stdout)
+    assert_ran_in_order(repo.repro(env=env), STAGES)
+    for name, digest in files.items():
+        assert hashlib.sha256((repo.path / "data/raw" / name).read_bytes()).hexdigest() == digest["sha256"]
+    # Back to the first data set: every stage comes back from the run-cache, nothing is downloaded.
+    (repo.path / "params.yaml").write_text(original)
+    out = repo.run("dvc", "repro").stdout
+    assert re.findall(r"Running stage '([\w-]+)'", out) == ["check_params"], out  # no outputs, no run-cache
+    for stage in STAGES[1:]:
+        assert f"Stage '{stage}' is cached - skipping run" in out, out
+    assert file_digests(repo.path, outputs) == before
+    assert "up to date" in repo.run("dvc", "status").stdout
 
 
 def test_metrics_show_lists_data_train_and_test(baseline: Baseline):

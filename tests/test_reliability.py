@@ -17,7 +17,7 @@ import pytest
 
 from mnist_early_stopping import atomic, data, evaluation, figures
 from mnist_early_stopping.cli import StageError
-from tests.conftest import ROOT, copy_project, run_stage, stage_env, write_params
+from tests.conftest import ROOT, TinyMirror, copy_project, run_stage, stage_env, write_params
 from tests.test_plots import write_inputs
 from tests.tiny_mnist import write_mirror
 
@@ -462,7 +462,7 @@ def test_an_unexpected_error_in_a_stage_is_one_line_unless_debugging(plots_proje
 
 @pytest.mark.slow
 def test_split_stage_errors_are_one_line_with_exit_1_or_2(
-    project: Path, tiny_mirror: tuple[Path, Path]
+    project: Path, tiny_mirror: TinyMirror
 ) -> None:
     env = stage_env(tiny_mirror)
     (project / "data").mkdir()
@@ -495,7 +495,7 @@ def test_split_stage_errors_are_one_line_with_exit_1_or_2(
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a chmod 0o500 directory; the in-process test "
                     "test_a_checkpoint_directory_that_cannot_be_written_is_one_line injects the error instead")
-def test_train_stage_with_a_read_only_checkpoint_directory(project: Path, tiny_mirror: tuple[Path, Path]) -> None:
+def test_train_stage_with_a_read_only_checkpoint_directory(project: Path, tiny_mirror: TinyMirror) -> None:
     env = stage_env(tiny_mirror)
     run_stage(project, "download", env)
     run_stage(project, "split", env)

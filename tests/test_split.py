@@ -11,7 +11,7 @@ import pytest
 from stages import split as split_stage
 from mnist_early_stopping.params import SplitParams
 from mnist_early_stopping.data import data_metrics, split_train, validation_indices
-from tests.conftest import run_stage, stage_env
+from tests.conftest import TinyMirror, run_stage, stage_env
 from tests.tiny_mnist import make_arrays, write_mirror
 
 METHODS = ("head", "shuffle", "stratified")
@@ -133,7 +133,7 @@ def test_missing_raw_data_says_run_download(project: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.slow
-def test_split_stage(project: Path, tiny_mirror: tuple[Path, Path]) -> None:
+def test_split_stage(project: Path, tiny_mirror: TinyMirror) -> None:
     write_mirror(project / "data" / "raw", gzipped=False)  # the download stage's output, decompressed
     result = run_stage(project, "split", stage_env(tiny_mirror))
     assert result.stdout.strip() == "split: train 500, validation 100, test 200"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -46,20 +45,23 @@ def make_arrays(n_train: int = 600, n_test: int = 200, seed: int = 0) -> dict[st
     }
 
 
-def write_mirror(directory: Path, gzipped: bool = True, **kwargs: int) -> Path:
-    """Write a mirror directory of the four files and a digest table for $MNIST_DIGESTS.
+def digest_table(files: dict[str, bytes]) -> dict[str, dict[str, int | str]]:
+    """The `download.files` param of the files' decompressed content: {name: {size, sha256}}."""
+    return {name: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for name, d in files.items()}
 
-    Returns the digest table's path (digests of the decompressed content).
-    """
+
+def write_mirror(directory: Path, gzipped: bool = True, **kwargs: int) -> dict[str, dict[str, int | str]]:
+    """Write a mirror directory of the four files; return their digest table for `download.files`."""
     directory.mkdir(parents=True, exist_ok=True)
-    digests = {}
-    for name, array in make_arrays(**kwargs).items():
-        content = encode_idx(array)
-        digests[name] = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    files = {name: encode_idx(array) for name, array in make_arrays(**kwargs).items()}
+    for name, content in files.items():
         if gzipped:
             (directory / f"{name}.gz").write_bytes(gzip.compress(content, mtime=0))
         else:
             (directory / name).write_bytes(content)
-    table = directory.parent / f"{directory.name}-digests.json"
-    table.write_text(json.dumps(digests, indent=2))
-    return table
+    return digest_table(files)
+
+
+def tiny_digests(**kwargs: int) -> dict[str, dict[str, int | str]]:
+    """The digest table of the data set make_arrays(**kwargs) makes, as write_mirror writes it."""
+    return digest_table({name: encode_idx(array) for name, array in make_arrays(**kwargs).items()})
