@@ -141,7 +141,8 @@ def run_on_full_disk(disk: Path, reference: Path, env: dict[str, str], stage: st
         assert line.startswith(f"{stage}: cannot write ") and "No space left on device" in line, line
         print(f"{leave} bytes free: {line}")
         named = line.removeprefix(f"{stage}: cannot write ").split(":")[0]
-        assert named and (project / named).parent.is_dir(), line
+        # An output (or a file in one) as the user knows it, or the checkpoint store: no temporary name.
+        assert any(Path(named).is_relative_to(o) for o in [*outputs, Path("checkpoints/train")]), line
         for output in outputs:
             if (project / output).exists():
                 assert_complete(project / output, reference / output)
@@ -158,9 +159,7 @@ def test_a_full_disk_is_one_line_naming_the_path_and_leaves_no_torn_output(
     disk: Path, reference: tuple[Path, dict[str, str]], stage: str
 ) -> None:
     source, env = reference
-    outputs = declared_outputs(source, stage)
-    written = sum(disk_usage(source / o) for o in outputs)
+    written = sum(disk_usage(source / o) for o in declared_outputs(source, stage))
     named = [run_on_full_disk(disk, source, env, stage, int(f * written)) for f in FRACTIONS[stage]]
-    print(stage, written, named)
-    # The failures land on different writes (plots writes one directory of figures).
-    assert len(set(named)) >= min(2, len(outputs)), named
+    # The failures land on different writes.
+    assert len(set(named)) >= 2, named

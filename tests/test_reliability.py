@@ -227,9 +227,14 @@ def test_run_main_names_the_file_of_a_full_disk_no_helper_caught(
 
     assert run_main("demo", main) == 1
     assert one_line(capsys.readouterr().err) == (
-        "demo: cannot write metrics/live/metrics.json: No space left on device; free some space or make it "
-        "writable, then run again"
+        "demo: cannot write metrics/live/metrics.json: No space left on device; free some space, then run again"
     )
+
+    def reads() -> None:  # not a write: reported as what it is
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "data/split/test.npz")
+
+    assert run_main("demo", reads) == 1
+    assert one_line(capsys.readouterr().err).startswith("demo: unexpected error: FileNotFoundError: ")
 
 
 def fake_probabilities(images: np.ndarray) -> np.ndarray:
