@@ -141,8 +141,9 @@ def run_on_full_disk(disk: Path, reference: Path, env: dict[str, str], stage: st
         assert line.startswith(f"{stage}: cannot write ") and "No space left on device" in line, line
         print(f"{leave} bytes free: {line}")
         named = line.removeprefix(f"{stage}: cannot write ").split(":")[0]
-        # An output (or a file in one) as the user knows it, or the checkpoint store: no temporary name.
-        assert any(Path(named).is_relative_to(o) for o in [*outputs, Path("checkpoints/train")]), line
+        # An output, a file in one or the folder of some, or the checkpoint store: never a temporary name.
+        places = [*outputs, Path("checkpoints/train")]
+        assert any(Path(named).is_relative_to(o) or o.is_relative_to(named) for o in places), line
         for output in outputs:
             if (project / output).exists():
                 assert_complete(project / output, reference / output)
