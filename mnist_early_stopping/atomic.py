@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
-from mnist_early_stopping.cli import StageError
+from mnist_early_stopping.cli import StageError, first_line, write_failure
 
 # The random part tempfile puts in mkstemp and mkdtemp names.
 _RANDOM = r"[a-z0-9_]{8}"
@@ -57,12 +57,28 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def cannot_write(path: Path, e: OSError) -> OutputError:
-    """The one-line error for a write of `path` that failed with `e`."""
+def cannot_write(path: Path, e: BaseException) -> OutputError:
+    """The one-line error for a write of `path` that failed with `e` (an OSError, or a library's error)."""
+    reason = write_failure(e) or (e.strerror if isinstance(e, OSError) and e.strerror else first_line(e))
     return OutputError(
-        f"cannot write {path}: {e.strerror or e}; check the free space and the permissions of {path.parent}, "
-        "then run again"
+        f"cannot write {path}: {reason}; check the free space and the permissions of {path.parent}, then run again"
     )
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """Whether `e`, raised while writing, is the disk's or the OS's refusal (not an error already reported)."""
+    return not isinstance(e, StageError) and (isinstance(e, OSError) or write_failure(e) is not None)
+
+
+@contextlib.contextmanager
+def writes_to(path: Path) -> Iterator[None]:
+    """Turn a failed write in the block (a full disk, no permission) into the one-line error naming `path`."""
+    try:
+        yield
+    except Exception as e:
+        if not is_write_failure(e):
+            raise
+        raise cannot_write(path, e) from None
 
 
 def leftovers(path: Path) -> list[Path]:
@@ -213,9 +229,11 @@ def written_by_keras(path: Path, suffix: str) -> Iterator[Path]:
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_write_failure(e):  # Keras's zip and HDF5 writers report a full disk in their own ways
+            raise cannot_write(path, e) from None
         raise
 
 
@@ -232,8 +250,10 @@ def replace_dir(path: Path) -> Iterator[Path]:
         raise cannot_write(path, e) from None
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_failure(e):  # TensorFlow's SavedModel writer and matplotlib report a full disk in their own ways
+            raise cannot_write(path, e) from None
         raise
     old = path.with_name(f".{path.name}.old")
     try:

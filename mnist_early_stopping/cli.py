@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -23,6 +24,24 @@ def first_line(error: BaseException, with_type: bool = False) -> str:
     if with_type:
         return f"{type(error).__name__}: {message}" if message else type(error).__name__
     return message or type(error).__name__
+
+
+# The reasons a write fails that the user can act on, as the OS words them; libraries (TensorFlow,
+# HDF5) raise their own errors, with one of these words somewhere in the text.
+WRITE_FAILURES = {errno.ENOSPC: "ENOSPC", errno.EDQUOT: "EDQUOT", errno.EACCES: "EACCES", errno.EROFS: "EROFS"}
+# The ones only a write gives: the disk is full.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_failure(e: BaseException) -> str | None:
+    """Why a write failed, in the OS's words, if `e` (an OSError or a library's error) says so; else None."""
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno) if e.errno in WRITE_FAILURES else None
+    text = str(e).lower()
+    for number, name in WRITE_FAILURES.items():
+        if os.strerror(number).lower() in text or name.lower() in text:
+            return os.strerror(number)
+    return None
 
 
 class StageError(Exception):
@@ -71,8 +90,12 @@ def _run(stage: str, main: Callable[[], object]) -> int:
         print(f"{stage}: {e}", file=sys.stderr)
         return e.code
     except Exception as e:  # anything unforeseen: still one line, unless the traceback is asked for
+        reason = write_failure(e)
         if os.environ.get(DEBUG_ENV) == "1":
             traceback.print_exc()
+        elif reason in [os.strerror(n) for n in DISK_FULL]:  # a write that no helper of atomic.py wraps
+            where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
+            print(f"{stage}: cannot write{where}: {reason}; free some space, then run again", file=sys.stderr)
         else:
             print(
                 f"{stage}: unexpected error: {first_line(e, with_type=True)} (set {DEBUG_ENV}=1 for the traceback)",

@@ -11,6 +11,7 @@ import numpy as np
 from mnist_early_stopping import timings
 from mnist_early_stopping.atomic import json_bytes, prepare_file, write_files
 from mnist_early_stopping.data import load_split, load_train_metrics
+from mnist_early_stopping.digests import sha256_file, sha256_tree
 from mnist_early_stopping.layout import (
     BEST_KERAS, BEST_MODEL, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, PER_CLASS,
     PREDICTIONS, TEST_METRICS, TRAIN_METRICS,
@@ -26,11 +27,20 @@ NETWORK_FILES = {
 
 # What the stage writes: all three, or none of them.
 OUTPUTS = (PREDICTIONS, PER_CLASS, TEST_METRICS)
-# What the stage reads from metrics/train.json.
-TRAIN_KEYS = ("best_validation_accuracy", "best_iteration", "stopped_iteration")
+# What the stage reads from metrics/train.json (besides best_network_sha256).
+TRAIN_KEYS = ("best_validation_accuracy", "best_iteration", "stopped_iteration", "best_validation_loss")
 
 # Accuracy is correct / total; anything beyond float rounding means a different network.
 RESTORE_TOLERANCE = 1e-9
+# Training sums float32 per-example losses (Keras takes the log in float32) in
+# float64; the check takes the log in float64, with other batch sizes. Measured
+# apart: 5.0e-9 (1.0e-7 of the loss) on the reference run (real MNIST, default
+# params), 1.1e-8 (2.0e-7) on the tests' tiny run: float32 rounding of each
+# example's loss. 1e-5 leaves a margin of 50 or more; the reference run's final
+# network, 1400 iterations on, is 5% off.
+LOSS_RELATIVE_TOLERANCE = 1e-5
+# float32 rounding of log(p) near p = 1 is absolute, whatever the loss: the floor for a near-perfect network.
+LOSS_ABSOLUTE_TOLERANCE = 1e-6
 # keras clips probabilities the same way in its cross-entropy, so losses agree with training's.
 EPSILON = 1e-7
 
@@ -70,6 +80,38 @@ def restore_error(correct: int, total: int, recorded_accuracy: float, best_itera
         f"iteration {best_iteration}. {BEST_MODEL} does not belong to this training run; "
         f"re-run training with `dvc repro -f train`, then `dvc repro`."
     )
+
+
+def loss_error(loss: float, recorded_loss: float, best_iteration: int) -> str | None:
+    """None if the restored best network reproduces the recorded validation loss to float rounding, else the error."""
+    if abs(loss - recorded_loss) <= LOSS_RELATIVE_TOLERANCE * abs(recorded_loss) + LOSS_ABSOLUTE_TOLERANCE:
+        return None
+    return (
+        f"evaluate: the restored network is not the one saved as best: its validation loss is {loss!r}, but "
+        f"{TRAIN_METRICS} records best_validation_loss {recorded_loss!r} for the network saved at iteration "
+        f"{best_iteration}. {BEST_MODEL} does not belong to this training run; re-run training with "
+        f"`dvc repro -f train`, then `dvc repro`."
+    )
+
+
+def best_network_error(recorded: Any) -> str | None:
+    """None if models/best's variables and models/best.keras are the files training recorded, else the error."""
+    redo = "re-run training with `dvc repro -f train`, then `dvc repro`"
+    if not isinstance(recorded, dict):
+        return f"evaluate: {TRAIN_METRICS} records no best_network_sha256 (an older training); {redo}"
+    for kind, path in (("savedmodel", BEST_MODEL), ("keras", BEST_KERAS)):
+        if not (path / "variables" if kind == "savedmodel" else path).exists():
+            return f"evaluate: {path} not found; run the train stage first (dvc repro train)"
+        try:
+            digest = sha256_tree(path / "variables") if kind == "savedmodel" else sha256_file(path)
+        except OSError as e:
+            return f"evaluate: cannot read {path}: {e.strerror or e}; {redo}"
+        if digest != recorded.get(kind):
+            return (
+                f"evaluate: {path} is not the best network that {TRAIN_METRICS} records (its SHA-256 differs: "
+                f"replaced or modified); {redo}"
+            )
+    return None
 
 
 def accuracy_line(label: str, correct: int, total: int) -> str:
@@ -117,20 +159,31 @@ def evaluate(batch_size: int, load_from: str = "savedmodel") -> None:
     validation_images, validation_labels = load_labelled("validation")
     test_images, test_labels = load_labelled("test")
     files = NETWORK_FILES[load_from]
+    # Both files of the best network, whichever is loaded: hashing them costs milliseconds.
+    with timings.phase("check digests"):
+        error = best_network_error(train_metrics.get("best_network_sha256"))
+    if error:
+        print(error, file=sys.stderr)
+        raise SystemExit(1)
 
     with timings.phase("load networks"):
         best = load_stage_network(files["best"], batch_size)
     with timings.phase("predict"):
-        check = summary(validation_labels, best(validation_images))
-    recorded = train_metrics["best_validation_accuracy"]
-    error = restore_error(check["correct"], check["total"], recorded, train_metrics["best_iteration"])
+        validation_probabilities = best(validation_images)
+    check = summary(validation_labels, validation_probabilities)
+    loss = float(cross_entropy(validation_labels, validation_probabilities).mean())  # unrounded, for the check
+    recorded, recorded_loss = train_metrics["best_validation_accuracy"], train_metrics["best_validation_loss"]
+    iteration = train_metrics["best_iteration"]
+    error = restore_error(check["correct"], check["total"], recorded, iteration) or loss_error(
+        loss, recorded_loss, iteration
+    )
     if error:
         print(error, file=sys.stderr)
         raise SystemExit(1)
     print(
-        f"Restore check passed: the restored best network's validation accuracy is "
-        f"{check['accuracy']:.2%} ({check['correct']} / {check['total']}), as recorded at iteration "
-        f"{train_metrics['best_iteration']}."
+        f"Restore check passed: the restored best network's files, validation accuracy "
+        f"{check['accuracy']:.2%} ({check['correct']} / {check['total']}) and loss {loss:.6f} are as "
+        f"recorded at iteration {iteration}."
     )
 
     with timings.phase("load networks"):
@@ -143,7 +196,10 @@ def evaluate(batch_size: int, load_from: str = "savedmodel") -> None:
         "best": network_results(test_labels, best_probabilities),
         "final": network_results(test_labels, final_probabilities),
         "untrained": summary(test_labels, initial_probabilities),
-        "restore_check": {"validation_accuracy": check["accuracy"], "recorded_validation_accuracy": recorded},
+        "restore_check": {
+            "validation_accuracy": check["accuracy"], "recorded_validation_accuracy": recorded,
+            "validation_loss": loss, "recorded_validation_loss": recorded_loss,
+        },
     }
     labels = {
         "untrained": "Untrained network",

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mnist_early_stopping import timings
-from mnist_early_stopping.atomic import write_atomic, write_json
+from mnist_early_stopping.atomic import json_bytes, write_files
 from mnist_early_stopping.cli import first_line
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.layout import (
@@ -134,10 +134,11 @@ def export(batch_size: int = BATCH_SIZE) -> None:
     if error:
         print(error, file=sys.stderr)
         raise SystemExit(1)
-    # Written only once checked: a models/best.tflite on disk has passed the check.
-    with write_atomic(TFLITE_MODEL) as f:
-        f.write(model)
-    write_json(EXPORT_METRICS, {"tflite": {**figures, "bytes": len(model), "interpreter": interpreter_name}})
+    # Written only once checked: a models/best.tflite on disk has passed the check. Both files, or neither.
+    write_files({
+        TFLITE_MODEL: model,
+        EXPORT_METRICS: json_bytes({"tflite": {**figures, "bytes": len(model), "interpreter": interpreter_name}}),
+    })
     print(
         f"Exported {TFLITE_MODEL} ({len(model)} bytes): the same class as {BEST_MODEL} for "
         f"{figures['argmax_agreement']:.2%} of {figures['images']} test images, largest probability "

@@ -10,9 +10,10 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from mnist_early_stopping.atomic import writes_to
 from mnist_early_stopping.cli import first_line
 from mnist_early_stopping.data import NPZ_ERRORS, load_split, load_train_metrics
-from mnist_early_stopping.layout import CURVES, KERNELS, NUM_CLASSES, PREDICTIONS, curve_path, split_path
+from mnist_early_stopping.layout import CURVES, KERNELS, NUM_CLASSES, PLOTS_DIR, PREDICTIONS, curve_path, split_path
 from mnist_early_stopping.model_files import conv_layer_names, read_kernels
 from mnist_early_stopping.scores import confusion
 
@@ -234,6 +235,7 @@ def draw(inputs: dict[str, Any], out_dir: Path, dpi: int) -> list[Path]:
         )
     paths = []
     for name, fig in figures.items():
-        save(fig, out_dir / name, dpi)
+        with writes_to(PLOTS_DIR / name):  # where the user looks, not the temporary directory
+            save(fig, out_dir / name, dpi)
         paths.append(out_dir / name)
     return paths

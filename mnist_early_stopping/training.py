@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mnist_early_stopping import checkpoints, distribute, params, timings
-from mnist_early_stopping.atomic import write_json
+from mnist_early_stopping.atomic import OutputError, write_json, writes_to
 from mnist_early_stopping.cli import StageError, verify_inputs
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.deps import ROOT, import_closure
@@ -38,7 +38,7 @@ from mnist_early_stopping.digests import sha256_file, sha256_tree
 from mnist_early_stopping.early_stopping import EarlyStopping, evaluation_points
 from mnist_early_stopping.layout import (
     BEST_KERAS, BEST_MODEL, CURVES, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, KERNELS,
-    LIVE_DIR, MODEL_INFO, PREPROCESSING, TRAIN_METRICS, split_path,
+    LIVE_CURVES_DIR, LIVE_DIR, LIVE_SUMMARY, MODEL_INFO, PREPROCESSING, TRAIN_METRICS, split_path,
 )
 from mnist_early_stopping.model_files import write_kernels
 from mnist_early_stopping.tf_runtime import import_tensorflow
@@ -114,32 +114,6 @@ def open_entry(entry: checkpoints.Entry) -> bool:
     return False
 
 
-def write_failure(e: BaseException) -> str:
-    """Why a write failed, in a few words: the OS's reason, which TensorFlow buries in its message."""
-    if isinstance(e, OSError) and e.errno:
-        return os.strerror(e.errno)
-    text = str(e)
-    for errno_name, reason in (("ENOSPC", "No space left on device"), ("EACCES", "Permission denied"),
-                               ("EROFS", "Read-only file system")):
-        if reason.lower() in text.lower() or errno_name in text:
-            return reason
-    return (text.strip().splitlines() or [type(e).__name__])[0][:200]
-
-
-@contextlib.contextmanager
-def checkpoint_writes(directory: Path) -> Iterator[None]:
-    """Turn a failed write in the checkpoint directory (read-only, full) into one line and exit 1."""
-    import tensorflow as tf
-
-    try:
-        yield
-    except (OSError, tf.errors.OpError) as e:
-        raise StageError(
-            f"cannot write in {directory}: {write_failure(e)}; make it writable and free some space, then run the "
-            "stage again"
-        ) from None
-
-
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag checked between chunks, so we stop at a checkpoint."""
 
@@ -210,7 +184,8 @@ class LiveSink:
         from dvclive import Live
 
         # No experiment commits and no dvc.yaml edits: the pipeline declares these files itself.
-        self.live = Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None)
+        with live_writes():
+            self.live = Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None)
         # DVC removed the previous files before this run: a resumed run writes
         # the checkpoint's rows again, so the curves have every step exactly once.
         for row in history:
@@ -218,9 +193,22 @@ class LiveSink:
 
     def __call__(self, row: Row) -> None:
         self.live.step = row["iteration"]
-        for name in CURVES:
-            self.live.log_metric(name, row[name])
-        self.live.next_step()
+        with live_writes():
+            for name in CURVES:
+                self.live.log_metric(name, row[name])
+            self.live.next_step()
+
+
+@contextlib.contextmanager
+def live_writes() -> Iterator[None]:
+    """A failed write of the curves is one line; the torn curves go (DVCLive clears them at every start anyway)."""
+    try:
+        with writes_to(LIVE_DIR):
+            yield
+    except OutputError:
+        shutil.rmtree(LIVE_CURVES_DIR, ignore_errors=True)
+        LIVE_SUMMARY.unlink(missing_ok=True)
+        raise
 
 
 def sinks(runner: Trainer, state: LoopState, progress: ProgressSink | None) -> list[Sink]:
@@ -229,7 +217,7 @@ def sinks(runner: Trainer, state: LoopState, progress: ProgressSink | None) -> l
     def save_best(row: Row) -> None:
         # Before training goes on: an improvement is on disk as soon as it is reported.
         if row["improved"]:
-            with timings.phase("save best"), checkpoint_writes(runner.checkpoint_dir):
+            with timings.phase("save best"), writes_to(runner.checkpoint_dir):
                 runner.save_best()
 
     if progress is None:  # a worker other than the chief writes nothing
@@ -359,7 +347,7 @@ def run(
                 # The finished state is kept too: if the stage's inputs turn out to have
                 # changed meanwhile, the same inputs again complete from it at once.
                 if finished or point - last_checkpoint >= checkpoint_every or signum:
-                    with timings.phase("checkpoint"), checkpoint_writes(checkpoint_dir):
+                    with timings.phase("checkpoint"), writes_to(checkpoint_dir):
                         runner.save_checkpoint(state.snapshot(state.wall_before + time.perf_counter() - started))
                     last_checkpoint = point
                 if signum and not finished:

@@ -1,5 +1,9 @@
 """Evaluate stage: restore the best network in a fresh process, verify it, and score it on the test set.
 
+The check, before scoring: the SHA-256 of models/best/variables and of
+models/best.keras, then the validation accuracy and loss of the restored
+network, against what metrics/train.json records for the best iteration.
+
 Reads models/{best,final,initial} (SavedModels), metrics/train.json and the
 validation and test splits; writes metrics/test.json, metrics/per_class.json
 and metrics/predictions.csv. Never imports the model code (nor Keras, unless

@@ -102,6 +102,60 @@ def test_restore_check_accepts_float_noise_only() -> None:
     assert "iteration 5600" in error and "dvc repro -f train" in error
 
 
+def test_loss_check_accepts_float_rounding_only() -> None:
+    # 5e-9 apart on the reference run: the float32 rounding of training's per-example losses.
+    assert evaluate.loss_error(0.051078151331, 0.051078146342, 4800) is None
+    assert evaluate.loss_error(1e-7, 0.0, 4800) is None  # a near-perfect network: the absolute floor
+    error = evaluate.loss_error(0.0512, 0.0511, 4800)
+    assert error is not None and "\n" not in error
+    assert "validation loss is 0.0512" in error and "best_validation_loss 0.0511" in error
+    assert "iteration 4800" in error and "dvc repro -f train" in error
+
+
+def test_the_network_check_names_a_replaced_or_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_reliability import write_fake_run
+
+    monkeypatch.chdir(tmp_path)
+    write_fake_run(tmp_path)
+    recorded = json.loads((tmp_path / "metrics/train.json").read_text())["best_network_sha256"]
+    assert evaluate.best_network_error(recorded) is None
+    assert "records no best_network_sha256" in evaluate.best_network_error(None)
+    (tmp_path / "models/best.keras").write_bytes(b"another archive")
+    error = evaluate.best_network_error(recorded)
+    assert error.startswith("evaluate: models/best.keras is not the best network that metrics/train.json records")
+    (tmp_path / "models/best/variables/variables.index").write_bytes(b"other weights")
+    assert evaluate.best_network_error(recorded).startswith("evaluate: models/best is not the best network")
+    shutil.rmtree(tmp_path / "models/best")
+    assert evaluate.best_network_error(recorded) == (
+        "evaluate: models/best not found; run the train stage first (dvc repro train)"
+    )
+
+
+def test_evaluate_refuses_a_network_whose_validation_loss_differs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_reliability import fake_network, write_fake_run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(evaluate, "load_stage_network", fake_network)
+    write_fake_run(tmp_path)
+    evaluate.evaluate(16)
+    check = json.loads((tmp_path / "metrics/test.json").read_text())["restore_check"]
+    assert check["validation_loss"] == check["recorded_validation_loss"]
+    train_json = tmp_path / "metrics/train.json"
+    # The same accuracy and files, another loss: as if the network behind them were another one.
+    metrics = json.loads(train_json.read_text())
+    metrics["best_validation_loss"] *= 1.001
+    train_json.write_text(json.dumps(metrics))
+    (tmp_path / "metrics/test.json").unlink()
+    with pytest.raises(SystemExit) as failed:
+        evaluate.evaluate(16)
+    assert failed.value.code == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "its validation loss is" in error and "models/best does not belong" in error
+    assert not (tmp_path / "metrics/test.json").exists()
+
+
 def test_accuracy_line_has_the_tutorial_format() -> None:
     line = evaluate.accuracy_line("Restored best network", 9842, 10000)
     assert line == "Restored best network: Accuracy on Test-Set: 98.4% (9842 / 10000)"
@@ -140,6 +194,8 @@ def test_evaluate_writes_metrics_and_predictions(pipeline: tuple[Path, dict[str,
     assert set(metrics["untrained"]) == {"accuracy", "loss", "correct", "total"}
     check = metrics["restore_check"]
     assert check["validation_accuracy"] == check["recorded_validation_accuracy"]
+    assert check["recorded_validation_loss"] == train_metrics["best_validation_loss"]
+    assert check["validation_loss"] == pytest.approx(check["recorded_validation_loss"], rel=1e-5)
     assert check["recorded_validation_accuracy"] == train_metrics["best_validation_accuracy"]
 
     with np.load(project / "data/split/test.npz") as test:
@@ -186,6 +242,57 @@ def test_evaluate_fails_when_best_model_does_not_match_train_metrics(
     assert "dvc repro -f train" in error
     assert not (project / "metrics/test.json").exists()
     assert not (project / "metrics/predictions.csv").exists()
+
+
+def evaluate_copy(source: Path, tmp_path: Path, load_from: str = "savedmodel") -> Path:
+    """A copy of `source` without evaluate's outputs, with evaluate.load_from set."""
+    project = tmp_path / "project"
+    shutil.copytree(source, project)
+    write_params(project, {"evaluate": {"load_from": load_from}})
+    for output in ("metrics/test.json", "metrics/predictions.csv", "metrics/per_class.json"):
+        (project / output).unlink()
+    return project
+
+
+def failed_evaluate(project: Path, env: dict[str, str]) -> str:
+    """Run evaluate, which must fail with exit 1 and write nothing; return its one line."""
+    result = run_stage(project, "evaluate", env, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not any((project / f"metrics/{name}").exists() for name in ("test.json", "predictions.csv", "per_class.json"))
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("load_from", ["savedmodel", "keras"])
+def test_evaluate_refuses_the_final_network_in_place_of_the_best(
+    pipeline: tuple[Path, dict[str, str], str], tmp_path: Path, load_from: str
+) -> None:
+    source, env, _ = pipeline
+    project = evaluate_copy(source, tmp_path, load_from)
+    swapped = "models/best" if load_from == "savedmodel" else "models/best.keras"
+    final = swapped.replace("best", "final")
+    # Another network of the same shape, which may well score the same validation accuracy.
+    shutil.rmtree(project / swapped) if load_from == "savedmodel" else (project / swapped).unlink()
+    (shutil.copytree if load_from == "savedmodel" else shutil.copy2)(project / final, project / swapped)
+    assert failed_evaluate(project, env) == (
+        f"evaluate: {swapped} is not the best network that metrics/train.json records (its SHA-256 differs: "
+        "replaced or modified); re-run training with `dvc repro -f train`, then `dvc repro`"
+    )
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_a_modified_byte_in_the_best_variables(
+    pipeline: tuple[Path, dict[str, str], str], tmp_path: Path
+) -> None:
+    source, env, _ = pipeline
+    project = evaluate_copy(source, tmp_path)
+    data_file = next((project / "models/best/variables").glob("variables.data-*"))
+    content = bytearray(data_file.read_bytes())
+    content[len(content) // 2] ^= 0x01  # one bit of one weight
+    data_file.write_bytes(bytes(content))
+    assert failed_evaluate(project, env).startswith("evaluate: models/best is not the best network")
 
 
 @pytest.mark.slow

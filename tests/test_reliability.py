@@ -17,6 +17,7 @@ import pytest
 
 from mnist_early_stopping import atomic, data, evaluation, figures
 from mnist_early_stopping.cli import StageError
+from mnist_early_stopping.digests import sha256_file, sha256_tree
 from tests.conftest import ROOT, TinyMirror, copy_project, run_stage, stage_env, write_params
 from tests.test_plots import write_inputs
 from tests.tiny_mnist import write_mirror
@@ -188,8 +189,61 @@ def test_write_files_replaces_none_when_a_write_fails(tmp_path: Path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]
 
 
+# How HDF5 and TensorFlow word a full disk: no OSError, the reason somewhere in the text.
+LIBRARY_FULL_DISK = "Can't write data (file write failed: errno = 28, error message = 'No space left on device')"
+
+
+def test_writes_to_names_the_path_whatever_library_reports_the_full_disk(tmp_path: Path) -> None:
+    target = tmp_path / "models/best"
+    for error in (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), RuntimeError(LIBRARY_FULL_DISK)):
+        with pytest.raises(atomic.OutputError) as failed, atomic.writes_to(target):
+            raise error
+        assert str(failed.value) == (
+            f"cannot write {target}: No space left on device; check the free space and the permissions of "
+            f"{target.parent}, then run again"
+        )
+    for other in (ValueError("not a write"), atomic.OutputError("already one line; No space left on device")):
+        with pytest.raises(type(other)) as passed, atomic.writes_to(target):
+            raise other
+        assert passed.value is other
+
+
+def test_replace_dir_turns_a_librarys_full_disk_into_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(atomic.OutputError, match=r"^cannot write .*models/best: No space left on device; "):
+        with atomic.replace_dir(tmp_path / "models/best") as tmp:
+            (tmp / "saved_model.pb").write_bytes(b"half")
+            raise RuntimeError(LIBRARY_FULL_DISK)
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_run_main_names_the_file_of_a_full_disk_no_helper_caught(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnist_early_stopping.cli import run_main
+
+    monkeypatch.delenv("MNIST_DEBUG", raising=False)
+    def main() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "metrics/live/metrics.json")
+
+    assert run_main("demo", main) == 1
+    assert one_line(capsys.readouterr().err) == (
+        "demo: cannot write metrics/live/metrics.json: No space left on device; free some space, then run again"
+    )
+
+    def reads() -> None:  # not a write: reported as what it is
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "data/split/test.npz")
+
+    assert run_main("demo", reads) == 1
+    assert one_line(capsys.readouterr().err).startswith("demo: unexpected error: FileNotFoundError: ")
+
+
+def fake_probabilities(images: np.ndarray) -> np.ndarray:
+    """What a network that reads the label from the first pixel predicts."""
+    return np.eye(10, dtype=np.float32)[images[:, 0, 0]] * 0.9 + 0.01
+
+
 def write_fake_run(project: Path) -> None:
-    """Splits whose first pixel is the label, and a train.json that a network reading that pixel matches."""
+    """Splits whose first pixel is the label, best-network files, and a train.json that fake_network matches."""
     for name, n in (("validation", 30), ("test", 40)):
         labels = (np.arange(n) % 10).astype(np.uint8)
         images = np.zeros((n, 28, 28), np.uint8)
@@ -197,14 +251,25 @@ def write_fake_run(project: Path) -> None:
         path = project / f"data/split/{name}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data.npz_bytes(images, labels))
+        if name == "validation":
+            loss = float(evaluation.cross_entropy(labels.astype(np.int64), fake_probabilities(images)).mean())
+    (project / "models/best/variables").mkdir(parents=True, exist_ok=True)
+    (project / "models/best/variables/variables.index").write_bytes(b"weights")
+    (project / "models/best.keras").write_bytes(b"archive")
     (project / "metrics").mkdir(exist_ok=True)
-    metrics = {"best_validation_accuracy": 1.0, "best_iteration": 20, "stopped_iteration": 40}
+    metrics = {
+        "best_validation_accuracy": 1.0, "best_iteration": 20, "stopped_iteration": 40, "best_validation_loss": loss,
+        "best_network_sha256": {
+            "savedmodel": sha256_tree(project / "models/best/variables"),
+            "keras": sha256_file(project / "models/best.keras"),
+        },
+    }
     (project / "metrics/train.json").write_text(json.dumps(metrics))
 
 
 def fake_network(path: Path, batch_size: int) -> Any:
     """A network that reads the label from the first pixel (no TensorFlow)."""
-    return lambda images: np.eye(10, dtype=np.float32)[images[:, 0, 0]] * 0.9 + 0.01
+    return fake_probabilities
 
 
 def test_evaluate_writes_nothing_unless_every_output_can_be_written(
@@ -409,8 +474,8 @@ def test_a_checkpoint_directory_that_cannot_be_written_is_one_line(
         training.train(MODEL, TRAIN)
     entry = next(p for p in (tmp_path / "checkpoints/train").iterdir() if p.is_dir())
     assert str(failed.value) == (
-        f"cannot write in checkpoints/train/{entry.name}: {reason}; make it writable and free some space, "
-        "then run the stage again"
+        f"cannot write checkpoints/train/{entry.name}: {reason}; check the free space and the permissions of "
+        "checkpoints/train, then run again"
     )
 
 
