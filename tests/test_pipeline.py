@@ -683,3 +683,27 @@ def test_a_killed_queued_experiment_resumes_when_queued_again(baseline: Baseline
     assert not entry_dirs(repo.path), "the finished run's entry is removed"
     repo.run("dvc", "exp", "apply", "resumed")
     assert comparable_result(repo) == comparable_result(uninterrupted)
+
+
+def test_an_unknown_key_in_any_section_or_an_unknown_section_fails_dvc_repro(baseline: Baseline, tmp_path: Path):
+    repo = own_copy(baseline.repo, tmp_path)
+    params_file = repo.path / "params.yaml"
+    original = params_file.read_text()
+    sections = list(yaml.safe_load(original))
+    for section in [*sections, None]:
+        params = yaml.safe_load(original)
+        if section is None:
+            params["trian"] = {"patience": 40}
+            expected = "unknown section trian"
+        else:
+            params[section]["weight_decay"] = 0.01
+            expected = f"unknown key {section}.weight_decay"
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        result = repo.run("dvc", "repro", check=False)
+        assert result.returncode != 0, result.stdout
+        assert f"params.yaml: {expected}; allowed" in result.stdout, result.stdout
+        if section is None:  # caught by check_params alone: no other stage tracks the new section
+            assert re.findall(r"Running stage '([\w-]+)'", result.stdout) == ["check_params"], result.stdout
+    params_file.write_text(original)
+    assert repo.repro() == []  # failed runs recorded nothing: what is recorded is what the params say again
+    assert "up to date" in repo.run("dvc", "status").stdout

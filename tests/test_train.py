@@ -160,6 +160,51 @@ def test_same_params_same_results_and_resume_after_sigkill(prepared):
     assert read_curves(project) == first_history
 
 
+def damage_checkpoint_data(entry: Path) -> str:
+    """Empty the newest checkpoint's data file: that checkpoint is skipped, with one line naming the file."""
+    data = sorted(entry.glob("ckpt-*.data-*"), key=lambda p: int(p.name.split(".")[0].split("-")[1]))[-1]
+    data.write_bytes(b"")
+    return f"{data.name} is damaged"
+
+
+def damage_best_weights(entry: Path) -> str:
+    """Empty best.weights.npz: the best weights come from the checkpoint instead, with one line naming it."""
+    (entry / "best.weights.npz").write_bytes(b"")
+    return "best.weights.npz"
+
+
+def stop_after(project: Path, env: dict[str, str], iteration: int) -> None:
+    """Start training and SIGTERM it once it logs `iteration`: it saves a checkpoint there and exits."""
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(f"Iter: {iteration:>6}"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, "training ended before it could be stopped"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [damage_checkpoint_data, damage_best_weights], ids=["checkpoint", "best-weights"])
+def test_a_damaged_checkpoint_file_is_named_and_the_run_still_gives_the_uninterrupted_result(prepared, damage):
+    project, env = prepared
+    run_stage(project, "train", env)
+    first, first_history = results(project), read_curves(project)
+    (project / "metrics/train.json").unlink()
+    # Stopped after the best iteration: best.weights.npz is not written again, but read at the end.
+    stop_after(project, env, first["best_iteration"] + 20)
+    [entry] = [p for p in (project / "checkpoints/train").iterdir() if p.is_dir()]
+    named = damage(entry)
+    done = run_stage(project, "train", env)
+    lines = [line for line in done.stdout.splitlines() if named in line]
+    assert len(lines) == 1 and lines[0].startswith("train: "), done.stdout
+    assert results(project) == first
+    assert read_curves(project) == first_history
+    assert run_stage(project, "train", env).returncode == 0  # and no failure that repeats
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(prepared):
     project, env = prepared
