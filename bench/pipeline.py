@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from mnist_early_stopping.layout import PARAMS_FILE, TEST_METRICS, TRAIN_METRICS  # noqa: E402
 from mnist_early_stopping.timings import TIMINGS_ENV  # noqa: E402
 
-# Targets (issue "Performance", README).
+# Targets (issue "Performance", docs/performance.md).
 TARGET_RATE_VS_IDEAL = 0.95
 TARGET_FIXED_VS_BASELINE = 0.6
 TARGET_VALIDATION_VS_STEP = 1.0

@@ -44,7 +44,7 @@ WARMUP_BATCHES = 50  # Keras fit and PyTorch: steps before timing starts
 MATMUL_SIZE = 2048
 VALIDATION_REPEATS = 3
 
-# Targets of the README's performance section.
+# Targets of docs/performance.md.
 TARGET_OURS_VS_KERAS = 1.6
 TARGET_OURS_VS_TORCH = 1.2
 TARGET_BF16_VS_KERAS = 2.5
