@@ -32,7 +32,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from mnist_early_stopping.atomic import cannot_write, write_atomic, write_json
-from mnist_early_stopping.cli import StageError
+from mnist_early_stopping.cli import StageError, say
 from mnist_early_stopping.digests import sha256_file
 from mnist_early_stopping.layout import CHECKPOINT_DIR
 from mnist_early_stopping.workspace_lock import LockedError, hold
@@ -59,7 +59,7 @@ def store_dir(workspace: Path) -> tuple[Path, str | None]:
             if (main / "dvc.yaml").is_file():
                 return main / CHECKPOINT_DIR, None
             return workspace / CHECKPOINT_DIR, (
-                f"train: {main} does not look like this experiment's workspace (no dvc.yaml); checkpoints stay "
+                f"{main} does not look like this experiment's workspace (no dvc.yaml); checkpoints stay "
                 "in the experiment's own copy, which DVC deletes with it, so a killed run will start afresh"
             )
     return CHECKPOINT_DIR if workspace == Path.cwd() else workspace / CHECKPOINT_DIR, None
@@ -184,7 +184,7 @@ def _remove_or_report(path: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     except OSError as e:
         # Harmless to a later resume (its record is gone first), but never silent.
-        print(f"train: cannot remove the old checkpoint file {path}: {e.strerror or e}")
+        say(f"cannot remove the old checkpoint file {path}: {e.strerror or e}")
 
 
 def save(checkpoint: Writable, directory: Path, iteration: int, manifest_sha256: str, keep: int) -> None:
@@ -214,7 +214,7 @@ def intact(directory: Path, manifest_sha256: str) -> Iterator[Path]:
             files = dict(record["files"])
             problem = None if record["manifest_sha256"] == manifest_sha256 else "written by a run with other inputs"
         except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"train: ignoring the damaged checkpoint record {record_path} ({type(e).__name__})")
+            say(f"ignoring the damaged checkpoint record {record_path} ({type(e).__name__})")
             continue
         for name, digest in files.items():
             if problem is None:
@@ -223,7 +223,7 @@ def intact(directory: Path, manifest_sha256: str) -> Iterator[Path]:
                 except OSError as e:
                     problem = f"{name} cannot be read ({e.strerror or e})"
         if problem is not None or not files:
-            print(f"train: ignoring the checkpoint at iteration {iteration} in {directory}: {problem or 'no files'}")
+            say(f"ignoring the checkpoint at iteration {iteration} in {directory}: {problem or 'no files'}")
             continue
         yield directory / f"ckpt-{iteration}"
 

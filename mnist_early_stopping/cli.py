@@ -44,10 +44,28 @@ def write_failure(e: BaseException) -> str | None:
     return None
 
 
-class StageError(Exception):
-    """A failure the stage reports in one line (what is wrong, what to do), exiting with `code`."""
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
-    code = 1
+
+class StageError(Exception):
+    """The one way a stage fails: one line (what is wrong, what to do) and the exit status `code`.
+
+    1 when running failed, 2 for bad input (params, settings), 128 + N after signal N.
+    The stage's name is put in front by run_main, never by the code that raises.
+    """
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# The stage run_main is running, for the lines it prints (say) and its errors.
+_stage: str | None = None
+
+
+def say(message: str, error: bool = False) -> None:
+    """Print a line of the running stage, after its name (`train: ...`); on stderr if `error`."""
+    print(f"{_stage}: {message}" if _stage else message, file=sys.stderr if error else sys.stdout, flush=True)
 
 
 # The running stage's inputs as it started (run_inputs.take), for verify_inputs.
@@ -65,15 +83,17 @@ def verify_inputs() -> None:
 def run_main(stage: str, main: Callable[[], object]) -> int:
     """Run a stage's main; return its exit status, turning an error into one line on stderr.
 
-    SystemExit and KeyboardInterrupt pass through unchanged: the stages already
-    exit with their own one-line messages, and the train stage stops on a signal.
-    A stage exits 0 only if its inputs (as dvc.yaml declares them) are still
+    A StageError is printed after the stage's name and gives its exit status;
+    KeyboardInterrupt passes through. A stage exits 0 only if its inputs (as dvc.yaml declares them) are still
     what it started with: else DVC would record the run with other inputs.
     With $MNIST_TIMINGS set, the stage's phases are appended to that file however it ends.
     """
+    global _stage
+    _stage = stage
     try:
         return _run(stage, main)
     finally:
+        _stage = None
         timings.write(stage)
 
 
@@ -87,7 +107,9 @@ def _run(stage: str, main: Callable[[], object]) -> int:
         main()
         verify_inputs()
     except StageError as e:
-        print(f"{stage}: {e}", file=sys.stderr)
+        # A message of several lines (the download's mirrors) has its details indented.
+        lines = str(e).splitlines() or [""]
+        print("\n".join(line if line[:1].isspace() else f"{stage}: {line}" for line in lines), file=sys.stderr)
         return e.code
     except Exception as e:  # anything unforeseen: still one line, unless the traceback is asked for
         reason = write_failure(e)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any, NoReturn
@@ -13,7 +12,7 @@ import numpy as np
 
 from mnist_early_stopping import params
 from mnist_early_stopping.atomic import json_bytes, write_files
-from mnist_early_stopping.cli import first_line
+from mnist_early_stopping.cli import EXIT_BAD_INPUT, StageError, first_line
 from mnist_early_stopping.idx import IdxError, read_idx
 from mnist_early_stopping.layout import (
     DATA_METRICS, IMAGE_SHAPE, NUM_CLASSES, RAW_DIR, TRAIN_METRICS, split_path,
@@ -106,74 +105,74 @@ def save_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, d
     return metrics
 
 
-def _bad_split(stage: str, path: Path, problem: str) -> NoReturn:
-    raise SystemExit(f"{stage}: {path} {problem}; re-run the split stage: dvc repro split")
+def _bad_split(path: Path, problem: str) -> NoReturn:
+    raise StageError(f"{path} {problem}; re-run the split stage: dvc repro split")
 
 
-def load_split(name: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
+def load_split(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8, N x 28 x 28) and labels (uint8) of one split; exit 1 with one line if it is missing or bad."""
     path = split_path(name)
     try:
         with path.open("rb") as f:
             magic = f.read(len(ZIP_MAGIC))
     except FileNotFoundError:
-        raise SystemExit(f"{stage}: {path} not found; run the split stage first (dvc repro split)") from None
+        raise StageError(f"{path} not found; run the split stage first (dvc repro split)") from None
     except OSError as e:
-        _bad_split(stage, path, f"cannot be read ({first_line(e, with_type=True)})")
+        _bad_split(path, f"cannot be read ({first_line(e, with_type=True)})")
     if magic != ZIP_MAGIC:  # else numpy would take it for a pickle and suggest allow_pickle
-        _bad_split(stage, path, "is not an .npz archive (empty, truncated or overwritten)")
+        _bad_split(path, "is not an .npz archive (empty, truncated or overwritten)")
     try:
         archive = np.load(path)
     except NPZ_ERRORS as e:
-        _bad_split(stage, path, f"is truncated or corrupt ({first_line(e, with_type=True)})")
+        _bad_split(path, f"is truncated or corrupt ({first_line(e, with_type=True)})")
     with archive:
         missing = [key for key in ("images", "labels") if key not in archive.files]
         if missing:
-            _bad_split(stage, path, f"has no array {missing[0]}")
+            _bad_split(path, f"has no array {missing[0]}")
         try:
             images, labels = archive["images"], archive["labels"]
         except NPZ_ERRORS as e:  # the members are read only now: a truncated file fails here
-            _bad_split(stage, path, f"is truncated or corrupt ({first_line(e, with_type=True)})")
+            _bad_split(path, f"is truncated or corrupt ({first_line(e, with_type=True)})")
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
-        _bad_split(stage, path, f"holds images {images.dtype} {images.shape}, not uint8 (N, 28, 28)")
+        _bad_split(path, f"holds images {images.dtype} {images.shape}, not uint8 (N, 28, 28)")
     if labels.dtype != np.uint8 or labels.shape != images.shape[:1]:
-        _bad_split(stage, path, f"holds labels {labels.dtype} {labels.shape} for {len(images)} images")
+        _bad_split(path, f"holds labels {labels.dtype} {labels.shape} for {len(images)} images")
     if labels.size and labels.max() >= NUM_CLASSES:
-        _bad_split(stage, path, f"holds the label {labels.max()}, not a digit 0-9")
+        _bad_split(path, f"holds the label {labels.max()}, not a digit 0-9")
     return images, labels
 
 
-def load_train_metrics(stage: str, keys: tuple[str, ...]) -> dict[str, Any]:
+def load_train_metrics(keys: tuple[str, ...]) -> dict[str, Any]:
     """metrics/train.json with the given keys checked to be numbers; exit 1 with one line if it is missing or bad."""
     redo = "re-run the train stage: dvc repro train"
     try:
         text = TRAIN_METRICS.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SystemExit(
-            f"{stage}: {TRAIN_METRICS} not found; run the train stage first (dvc repro train)"
+        raise StageError(
+            f"{TRAIN_METRICS} not found; run the train stage first (dvc repro train)"
         ) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"{stage}: cannot read {TRAIN_METRICS} ({first_line(e, with_type=True)}); {redo}") from None
+        raise StageError(f"cannot read {TRAIN_METRICS} ({first_line(e, with_type=True)}); {redo}") from None
     try:
         metrics = json.loads(text)
     except ValueError as e:
-        raise SystemExit(f"{stage}: {TRAIN_METRICS} is not valid JSON ({e}); {redo}") from None
+        raise StageError(f"{TRAIN_METRICS} is not valid JSON ({e}); {redo}") from None
     if not isinstance(metrics, dict):
-        raise SystemExit(f"{stage}: {TRAIN_METRICS} is not a JSON object; {redo}")
+        raise StageError(f"{TRAIN_METRICS} is not a JSON object; {redo}")
     for key in keys:
         if key not in metrics:
-            raise SystemExit(f"{stage}: {TRAIN_METRICS} has no key {key}; {redo}")
+            raise StageError(f"{TRAIN_METRICS} has no key {key}; {redo}")
         value = metrics[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SystemExit(f"{stage}: {TRAIN_METRICS}: {key} is {value!r}, not a number; {redo}")
+            raise StageError(f"{TRAIN_METRICS}: {key} is {value!r}, not a number; {redo}")
     return metrics
 
 
 def split_raw(cfg: params.SplitParams, raw_dir: Path = RAW_DIR) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The three splits from the raw files; exit 1 with one line if the files are bad, 2 if the params do not fit."""
     if raw_dir.exists() and not raw_dir.is_dir():
-        raise SystemExit(
-            f"split: {raw_dir} is a file, not the download stage's directory of MNIST files; "
+        raise StageError(
+            f"{raw_dir} is a file, not the download stage's directory of MNIST files; "
             "move it elsewhere, then run `dvc repro download`"
         )
     try:
@@ -183,9 +182,8 @@ def split_raw(cfg: params.SplitParams, raw_dir: Path = RAW_DIR) -> dict[str, tup
         test = load_pair(raw_dir / "t10k-images-idx3-ubyte", raw_dir / "t10k-labels-idx1-ubyte")
         splits = split_train(train_images, train_labels, cfg)
     except SplitSizeError as e:
-        print(f"split: {e}", file=sys.stderr)
-        raise SystemExit(params.EXIT_BAD_PARAMS) from None
+        raise StageError(str(e), code=EXIT_BAD_INPUT) from None
     except (IdxError, ValueError) as e:
-        raise SystemExit(f"split: {e}") from None
+        raise StageError(str(e)) from None
     return {**splits, "test": test}
 

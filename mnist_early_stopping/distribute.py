@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn
 
-from mnist_early_stopping.params import EXIT_BAD_PARAMS
+from mnist_early_stopping.cli import EXIT_BAD_INPUT, StageError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -29,9 +28,8 @@ TF_CONFIG_EXAMPLE = (
 
 
 def fail(message: str) -> NoReturn:
-    """One line on stderr, exit status 2 (the status of a bad params value)."""
-    print(message, file=sys.stderr)
-    raise SystemExit(EXIT_BAD_PARAMS)
+    """Stop the stage: a bad setting, exit status 2 (the status of a bad params value)."""
+    raise StageError(message, code=EXIT_BAD_INPUT)
 
 
 @dataclass(frozen=True)
@@ -56,33 +54,33 @@ def task_from_tf_config(environ: Mapping[str, str]) -> Task:
     """This worker's task from the TF_CONFIG JSON that MultiWorkerMirroredStrategy reads; exit 2 if bad."""
     raw = environ.get("TF_CONFIG", "").strip()
     if not raw:
-        fail(f"train: train.distribute is multi_worker but TF_CONFIG is not set; set it on every worker "
+        fail(f"train.distribute is multi_worker but TF_CONFIG is not set; set it on every worker "
              f"to JSON like {TF_CONFIG_EXAMPLE} (its own index on each)")
     try:
         config = json.loads(raw)
     except ValueError as e:
-        fail(f"train: TF_CONFIG is not valid JSON ({e}); expected JSON like {TF_CONFIG_EXAMPLE}")
+        fail(f"TF_CONFIG is not valid JSON ({e}); expected JSON like {TF_CONFIG_EXAMPLE}")
     cluster = config.get("cluster") if isinstance(config, dict) else None
     task = config.get("task") if isinstance(config, dict) else None
     if not isinstance(cluster, dict) or not isinstance(task, dict):
-        fail(f"train: TF_CONFIG must have a \"cluster\" and a \"task\" mapping, got {raw}; "
+        fail(f"TF_CONFIG must have a \"cluster\" and a \"task\" mapping, got {raw}; "
              f"expected JSON like {TF_CONFIG_EXAMPLE}")
     jobs = {"chief": 1, "worker": None}  # job -> most tasks it may have
     for job, addresses in cluster.items():
         if job not in jobs:
-            fail(f"train: TF_CONFIG cluster job {job!r} is not supported; multi_worker training "
+            fail(f"TF_CONFIG cluster job {job!r} is not supported; multi_worker training "
                  "uses only \"worker\" (and optionally one \"chief\") jobs")
         if (not isinstance(addresses, list) or not addresses
                 or not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses)):
-            fail(f"train: TF_CONFIG cluster.{job} must be a non-empty list of \"host:port\" strings, "
+            fail(f"TF_CONFIG cluster.{job} must be a non-empty list of \"host:port\" strings, "
                  f"got {addresses!r}")
         if jobs[job] is not None and len(addresses) > jobs[job]:
-            fail(f"train: TF_CONFIG cluster.{job} may have only one address, got {addresses!r}")
+            fail(f"TF_CONFIG cluster.{job} may have only one address, got {addresses!r}")
     kind, index = task.get("type"), task.get("index", 0)
     if kind not in cluster:
-        fail(f"train: TF_CONFIG task.type must be one of the cluster's jobs ({', '.join(cluster)}), got {kind!r}")
+        fail(f"TF_CONFIG task.type must be one of the cluster's jobs ({', '.join(cluster)}), got {kind!r}")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[kind]):
-        fail(f"train: TF_CONFIG task.index must be an integer from 0 to {len(cluster[kind]) - 1} "
+        fail(f"TF_CONFIG task.index must be an integer from 0 to {len(cluster[kind]) - 1} "
              f"(an index into cluster.{kind}), got {index!r}")
     # TensorFlow's numbering: the chief job, if any, is 0, then the workers in order.
     has_chief = "chief" in cluster
@@ -96,7 +94,7 @@ def logical_cpus(environ: Mapping[str, str]) -> int | None:
     if not raw:
         return None
     if not raw.isdigit() or not 1 <= int(raw) <= 64:
-        fail(f"train: {LOGICAL_CPUS_ENV} must be an integer from 1 to 64, got {raw!r}")
+        fail(f"{LOGICAL_CPUS_ENV} must be an integer from 1 to 64, got {raw!r}")
     return int(raw)
 
 

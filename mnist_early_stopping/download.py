@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mnist_early_stopping import params
-from mnist_early_stopping.cli import StageError
+from mnist_early_stopping.cli import EXIT_BAD_INPUT, StageError, say
 from mnist_early_stopping.layout import MNIST_NAMES
 from mnist_early_stopping.params import Expected
 
@@ -83,12 +83,6 @@ class TooSlow(FetchError):
     """The attempt was cut by the rate rule or the deadline: the mirror is not asked again."""
 
 
-class BadInput(StageError):
-    """The user's settings are wrong ($MNIST_MIRROR, a digest table)."""
-
-    code = 2
-
-
 class LocalError(StageError):
     """Reading or writing the stage's own files failed: never the mirror's fault, never retried."""
 
@@ -114,7 +108,7 @@ def attempt_deadline(timeout: float, limit: int, min_rate: float) -> float:
 def check_names(expected: dict[str, Expected]) -> None:
     """Refuse a digest table that does not name exactly the four MNIST files."""
     if set(expected) != set(MNIST_NAMES):
-        raise BadInput(f"the digest table must name exactly {', '.join(MNIST_NAMES)}")
+        raise StageError(f"the digest table must name exactly {', '.join(MNIST_NAMES)}", code=EXIT_BAD_INPUT)
 
 
 def mirror_list(configured: tuple[str, ...]) -> list[str]:
@@ -134,16 +128,19 @@ def local_dir(mirror: str) -> Path | None:
 def check_mirror(mirror: str, out_dir: Path) -> None:
     """Refuse a mirror of an unknown kind, or one that is, holds or is held by `out_dir`."""
     if "://" in mirror and urllib.parse.urlparse(mirror).scheme.lower() not in ("file", "http", "https"):
-        raise BadInput(f"mirror {mirror}: not a directory, a file:// URL or an http(s):// URL")
+        raise StageError(
+            f"mirror {mirror}: not a directory, a file:// URL or an http(s):// URL", code=EXIT_BAD_INPUT
+        )
     local = local_dir(mirror)
     if local is None:
         return
     mine, theirs = out_dir.resolve(), local.resolve()
     if mine.is_relative_to(theirs) or theirs.is_relative_to(mine):
-        raise BadInput(
+        raise StageError(
             f"mirror {mirror} is {out_dir} or overlaps it, and DVC deletes {out_dir} before running"
             f" this stage, which would destroy the files: put them in a directory outside {out_dir}"
-            f" and point ${MIRROR_ENV} there"
+            f" and point ${MIRROR_ENV} there",
+            code=EXIT_BAD_INPUT,
         )
 
 
@@ -600,7 +597,7 @@ def fetch_from_mirror(
     expected: Expected,
     out: Path,
     cfg: params.DownloadParams,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> None:
     """Fetch `name` (as NAME.gz, else NAME) from one mirror into `out`, verified."""
     timeout, limit, rate = cfg.timeout_seconds, expected.size + GZIP_SLACK, cfg.min_rate_bytes_per_second
@@ -618,7 +615,7 @@ def fetch_from_mirror(
             else:
                 raise NotOnMirror(f"has neither {name}.gz nor {name}")
         if final != url:
-            log(f"download: {url} redirected to {final}")
+            log(f"{url} redirected to {final}")
         decompress_and_verify(downloaded, verified, expected)
         # The rename is the only step that makes the file visible under its
         # real name, so data/raw never holds a partial or unverified file.
@@ -635,7 +632,7 @@ def fetch_file(
     out_dir: Path,
     cfg: params.DownloadParams,
     sleep: Callable[[float], None] = time.sleep,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
     dropped: set[str] | None = None,
 ) -> list[str]:
     """Fetch one file, trying each mirror with retries; return the failures seen.
@@ -661,7 +658,7 @@ def fetch_file(
                 break
             except TooSlow as e:
                 failures.append(f"{mirror}: {e} (not asked again)")
-                log(f"download: {mirror} dropped: {e}")
+                log(f"{mirror} dropped: {e}")
                 dropped.add(mirror)
                 break
             except FetchError as e:
@@ -678,7 +675,7 @@ def download_all(
     expected: dict[str, Expected],
     mirrors: list[str],
     cfg: params.DownloadParams,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> list[str]:
     """Make `out_dir` hold every expected file; on failure return error lines, one per mirror.
 
@@ -695,16 +692,16 @@ def download_all(
     for name in MNIST_NAMES:  # never a name from the table: those are checked, these are ours
         path, exp = out_dir / name, expected[name]
         if is_verified(path, exp):
-            log(f"download: {name} already present and verified")
+            log(f"{name} already present and verified")
             continue
         if path.is_symlink() or path.exists():
-            log(f"download: {name} present but not the expected content; fetching it again")
+            log(f"{name} present but not the expected content; fetching it again")
             try:
                 path.unlink()  # one of our outputs (prepare checked), stale
             except OSError as e:
                 raise local_error("remove", path, e) from None
         failures = fetch_file(name, exp, mirrors, out_dir, cfg, log=log, dropped=dropped)
         if failures:
-            return [f"download: could not get {name} from any mirror:"] + ["  " + f for f in failures]
-        log(f"download: {name} verified ({exp.size} bytes)")
+            return [f"could not get {name} from any mirror:"] + ["  " + f for f in failures]
+        log(f"{name} verified ({exp.size} bytes)")
     return []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from mnist_early_stopping import timings
 from mnist_early_stopping.atomic import json_bytes, prepare_file, write_files
+from mnist_early_stopping.cli import StageError
 from mnist_early_stopping.data import load_split, load_train_metrics
 from mnist_early_stopping.digests import sha256_file, sha256_tree
 from mnist_early_stopping.layout import (
@@ -74,7 +74,7 @@ def restore_error(correct: int, total: int, recorded_accuracy: float, best_itera
     if abs(accuracy - recorded_accuracy) <= RESTORE_TOLERANCE:
         return None
     return (
-        f"evaluate: the restored network is not the one saved as best: its validation accuracy is "
+        f"the restored network is not the one saved as best: its validation accuracy is "
         f"{accuracy!r} ({correct} / {total}), but {TRAIN_METRICS} records best_validation_accuracy "
         f"{recorded_accuracy!r} ({recorded_accuracy * total:g} / {total}) for the network saved at "
         f"iteration {best_iteration}. {BEST_MODEL} does not belong to this training run; "
@@ -87,7 +87,7 @@ def loss_error(loss: float, recorded_loss: float, best_iteration: int) -> str | 
     if abs(loss - recorded_loss) <= LOSS_RELATIVE_TOLERANCE * abs(recorded_loss) + LOSS_ABSOLUTE_TOLERANCE:
         return None
     return (
-        f"evaluate: the restored network is not the one saved as best: its validation loss is {loss!r}, but "
+        f"the restored network is not the one saved as best: its validation loss is {loss!r}, but "
         f"{TRAIN_METRICS} records best_validation_loss {recorded_loss!r} for the network saved at iteration "
         f"{best_iteration}. {BEST_MODEL} does not belong to this training run; re-run training with "
         f"`dvc repro -f train`, then `dvc repro`."
@@ -98,17 +98,17 @@ def best_network_error(recorded: Any) -> str | None:
     """None if models/best's variables and models/best.keras are the files training recorded, else the error."""
     redo = "re-run training with `dvc repro -f train`, then `dvc repro`"
     if not isinstance(recorded, dict):
-        return f"evaluate: {TRAIN_METRICS} records no best_network_sha256 (an older training); {redo}"
+        return f"{TRAIN_METRICS} records no best_network_sha256 (an older training); {redo}"
     for kind, path in (("savedmodel", BEST_MODEL), ("keras", BEST_KERAS)):
         if not (path / "variables" if kind == "savedmodel" else path).exists():
-            return f"evaluate: {path} not found; run the train stage first (dvc repro train)"
+            return f"{path} not found; run the train stage first (dvc repro train)"
         try:
             digest = sha256_tree(path / "variables") if kind == "savedmodel" else sha256_file(path)
         except OSError as e:
-            return f"evaluate: cannot read {path}: {e.strerror or e}; {redo}"
+            return f"cannot read {path}: {e.strerror or e}; {redo}"
         if digest != recorded.get(kind):
             return (
-                f"evaluate: {path} is not the best network that {TRAIN_METRICS} records (its SHA-256 differs: "
+        f"{path} is not the best network that {TRAIN_METRICS} records (its SHA-256 differs: "
                 f"replaced or modified); {redo}"
             )
     return None
@@ -139,7 +139,7 @@ def predictions_csv(labels: np.ndarray, probabilities: np.ndarray) -> str:
 
 def load_labelled(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8, N x 28 x 28) and labels (int64, for indexing) of one split."""
-    images, labels = load_split(name, "evaluate")
+    images, labels = load_split(name)
     return images, labels.astype(np.int64)
 
 
@@ -148,14 +148,14 @@ def load_stage_network(path: Path, batch_size: int) -> Network:
     try:
         return load_any(path, batch_size)
     except NetworkError as e:
-        raise SystemExit(f"evaluate: {e}; run the train stage first (dvc repro train)") from None
+        raise StageError(f"{e}; run the train stage first (dvc repro train)") from None
 
 
 def evaluate(batch_size: int, load_from: str = "savedmodel") -> None:
     """Check the restored best network, score all three networks on the test set, write the outputs."""
     for path in OUTPUTS:  # a directory in the way fails now, not after the scoring
         prepare_file(path)
-    train_metrics = load_train_metrics("evaluate", TRAIN_KEYS)
+    train_metrics = load_train_metrics(TRAIN_KEYS)
     validation_images, validation_labels = load_labelled("validation")
     test_images, test_labels = load_labelled("test")
     files = NETWORK_FILES[load_from]
@@ -163,8 +163,7 @@ def evaluate(batch_size: int, load_from: str = "savedmodel") -> None:
     with timings.phase("check digests"):
         error = best_network_error(train_metrics.get("best_network_sha256"))
     if error:
-        print(error, file=sys.stderr)
-        raise SystemExit(1)
+        raise StageError(error)
 
     with timings.phase("load networks"):
         best = load_stage_network(files["best"], batch_size)
@@ -178,8 +177,7 @@ def evaluate(batch_size: int, load_from: str = "savedmodel") -> None:
         loss, recorded_loss, iteration
     )
     if error:
-        print(error, file=sys.stderr)
-        raise SystemExit(1)
+        raise StageError(error)
     print(
         f"Restore check passed: the restored best network's files, validation accuracy "
         f"{check['accuracy']:.2%} ({check['correct']} / {check['total']}) and loss {loss:.6f} are as "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from mnist_early_stopping import timings
 from mnist_early_stopping.atomic import json_bytes, write_files
-from mnist_early_stopping.cli import first_line
+from mnist_early_stopping.cli import StageError, first_line
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.layout import (
     BEST_MODEL, EXPORT_METRICS, IMAGE_SHAPE, NUM_CLASSES, PIXEL_SCALE, TFLITE_MODEL, split_path,
@@ -102,7 +101,7 @@ def agreement_error(figures: dict[str, Any]) -> str | None:
     if agreement >= MIN_AGREEMENT:
         return None
     return (
-        f"export: the TFLite model predicts the same class as {BEST_MODEL} for only {agreement:.2%} "
+        f"the TFLite model predicts the same class as {BEST_MODEL} for only {agreement:.2%} "
         f"({round(agreement * images)} / {images}) of the test images, below {MIN_AGREEMENT:.1%}; largest "
         f"probability difference {figures['max_abs_probability_difference']:.3g}. The converted network "
         f"computes differently, so do not ship it: re-train with train.precision float32 if it is mixed, "
@@ -112,9 +111,9 @@ def agreement_error(figures: dict[str, Any]) -> str | None:
 
 def export(batch_size: int = BATCH_SIZE) -> None:
     """Convert models/best, check it on the test set, write models/best.tflite and metrics/export.json."""
-    images, _ = load_split("test", "export")
+    images, _ = load_split("test")
     if not len(images):
-        raise SystemExit(f"export: {split_path('test')} is empty; re-run the split stage: dvc repro -f split")
+        raise StageError(f"{split_path('test')} is empty; re-run the split stage: dvc repro -f split")
     try:
         # Loaded first: a missing or broken SavedModel fails in one line, before TensorFlow is imported.
         with timings.phase("SavedModel: load and predict"):
@@ -125,15 +124,14 @@ def export(batch_size: int = BATCH_SIZE) -> None:
             interpreter, interpreter_name = interpreter_class()
             candidate = tflite_probabilities(model, images, batch_size, interpreter)
     except NetworkError as e:
-        raise SystemExit(f"export: {e}; run the train stage first (dvc repro train)") from None
+        raise StageError(f"{e}; run the train stage first (dvc repro train)") from None
     except ExportError as e:
-        raise SystemExit(f"export: {e}; re-run the train stage (dvc repro -f train)") from None
+        raise StageError(f"{e}; re-run the train stage (dvc repro -f train)") from None
 
     figures = compare(reference, candidate)
     error = agreement_error(figures)
     if error:
-        print(error, file=sys.stderr)
-        raise SystemExit(1)
+        raise StageError(error)
     # Written only once checked: a models/best.tflite on disk has passed the check. Both files, or neither.
     write_files({
         TFLITE_MODEL: model,

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mnist_early_stopping.atomic import writes_to
-from mnist_early_stopping.cli import first_line
+from mnist_early_stopping.cli import StageError, first_line
 from mnist_early_stopping.data import NPZ_ERRORS, load_split, load_train_metrics
 from mnist_early_stopping.layout import CURVES, KERNELS, NUM_CLASSES, PLOTS_DIR, PREDICTIONS, curve_path, split_path
 from mnist_early_stopping.model_files import conv_layer_names, read_kernels
@@ -31,44 +31,44 @@ def read_csv(path: Path, columns: tuple[str, ...], stage: str, delimiter: str = 
             header = f.readline().strip().split(delimiter)
             missing = [c for c in columns if c not in header]
             if missing:
-                raise SystemExit(
-                    f"plots: {path} has no column {missing[0]} (columns: {', '.join(header)}); "
+                raise StageError(
+                    f"{path} has no column {missing[0]} (columns: {', '.join(header)}); "
                     f"re-run `dvc repro {stage}`"
                 )
             data = np.loadtxt(f, delimiter=delimiter, ndmin=2)
     except FileNotFoundError:
-        raise SystemExit(f"plots: {path} not found; run `dvc repro {stage}` first") from None
+        raise StageError(f"{path} not found; run `dvc repro {stage}` first") from None
     except (OSError, ValueError) as e:
-        raise SystemExit(
-            f"plots: {path} is not a table of numbers ({first_line(e, with_type=True)}); re-run `dvc repro {stage}`"
+        raise StageError(
+            f"{path} is not a table of numbers ({first_line(e, with_type=True)}); re-run `dvc repro {stage}`"
         ) from None
     return {c: data[:, header.index(c)] for c in columns}
 
 
 def load_inputs() -> dict[str, Any]:
     """Everything the figures show, read from the earlier stages' outputs."""
-    images, labels = load_split("test", "plots")
+    images, labels = load_split("test")
     labels = labels.astype(np.int64)
-    train_metrics = load_train_metrics("plots", ("best_iteration", "stopped_iteration"))
+    train_metrics = load_train_metrics(("best_iteration", "stopped_iteration"))
     try:
         kernels = read_kernels(KERNELS)
     except FileNotFoundError:
-        raise SystemExit(f"plots: {KERNELS} not found; run the train stage first (dvc repro train)") from None
+        raise StageError(f"{KERNELS} not found; run the train stage first (dvc repro train)") from None
     except NPZ_ERRORS as e:
-        raise SystemExit(
-            f"plots: {KERNELS} is truncated or corrupt ({first_line(e, with_type=True)}); "
+        raise StageError(
+            f"{KERNELS} is truncated or corrupt ({first_line(e, with_type=True)}); "
             "re-run the train stage: dvc repro train"
         ) from None
     predictions = read_csv(PREDICTIONS, ("actual", "predicted", "confidence"), "evaluate")
     actual, predicted = predictions["actual"].astype(np.int64), predictions["predicted"].astype(np.int64)
     if not np.array_equal(actual, labels):
-        raise SystemExit(
-            f"plots: {PREDICTIONS} does not match the test labels in {split_path('test')}; "
+        raise StageError(
+            f"{PREDICTIONS} does not match the test labels in {split_path('test')}; "
             "re-run `dvc repro evaluate`"
         )
     if predicted.size and not 0 <= predicted.min() <= predicted.max() < NUM_CLASSES:
-        raise SystemExit(
-            f"plots: {PREDICTIONS} predicts a class outside 0-{NUM_CLASSES - 1}; re-run `dvc repro evaluate`"
+        raise StageError(
+            f"{PREDICTIONS} predicts a class outside 0-{NUM_CLASSES - 1}; re-run `dvc repro evaluate`"
         )
     history = read_curves()
     return {
@@ -83,7 +83,7 @@ def read_curves() -> dict[str, np.ndarray]:
     steps = curves[CURVES[0]]["step"]
     for name, curve in curves.items():
         if not np.array_equal(curve["step"], steps):
-            raise SystemExit(f"plots: {curve_path(name)} has other steps than {curve_path(CURVES[0])}; "
+            raise StageError(f"{curve_path(name)} has other steps than {curve_path(CURVES[0])}; "
                              "re-run `dvc repro train`")
     return {"iteration": steps, **{name: curve[name] for name, curve in curves.items()}}
 

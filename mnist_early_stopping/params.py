@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from mnist_early_stopping.cli import EXIT_BAD_INPUT, StageError
 from mnist_early_stopping.layout import MNIST_NAMES
 
 PARAMS_FILE = Path("params.yaml")
-EXIT_BAD_PARAMS = 2
 
 
 class ParamsError(ValueError):
@@ -336,8 +335,7 @@ def load(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
             parsed[section] = parse_section(section, raw[section], cls)
         check_consistency(parsed)
     except ParamsError as e:
-        print(e, file=sys.stderr)
-        raise SystemExit(EXIT_BAD_PARAMS) from None
+        raise StageError(str(e), code=EXIT_BAD_INPUT) from None
     return tuple(parsed[n] for n in names)
 
 

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mnist_early_stopping.cli import say
 from mnist_early_stopping import checkpoints, params
 from mnist_early_stopping.atomic import json_bytes, replace_dir, written_by_keras
 from mnist_early_stopping.distribute import from_chief, is_multi_worker, max_over_workers
@@ -226,7 +227,7 @@ class Trainer:
                 # A failed restore may have loaded some variables: put them all back.
                 for variable, value in zip(variables, before):
                     variable.assign(value)
-                print(f"train: cannot resume from {prefix}: {str(e).splitlines()[0][:200]}; ignoring it")
+                say(f"cannot resume from {prefix}: {str(e).splitlines()[0][:200]}; ignoring it")
                 continue
             self.best_sha256 = state.pop("best_sha256")
             return state
@@ -298,7 +299,7 @@ class Trainer:
             if problem is None:
                 self.model.set_weights(checkpoints.read_weights(self.best_path))
                 return
-            print(f"train: {self.best_path} {problem}; using the copy of the best weights kept in memory")
+            say(f"{self.best_path} {problem}; using the copy of the best weights kept in memory")
         for weight, copy in zip(self.model.weights, copies):
             weight.assign(copy)
 

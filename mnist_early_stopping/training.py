@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mnist_early_stopping import checkpoints, distribute, params, timings
 from mnist_early_stopping.atomic import OutputError, write_json, writes_to
-from mnist_early_stopping.cli import StageError, verify_inputs
+from mnist_early_stopping.cli import StageError, say, verify_inputs
 from mnist_early_stopping.data import load_split
 from mnist_early_stopping.deps import ROOT, import_closure
 from mnist_early_stopping.digests import sha256_file, sha256_tree
@@ -101,16 +101,16 @@ def open_entry(entry: checkpoints.Entry) -> bool:
     if entry.is_ours():
         return True
     if entry.path.exists():
-        print(f"train: {entry.path / checkpoints.MANIFEST} is damaged; starting fresh")
+        say(f"{entry.path / checkpoints.MANIFEST} is damaged; starting fresh")
     elif (other := checkpoints.newest_other(entry.store, entry.path)) is not None:
-        print(
-            f"train: not resuming the unfinished training in {entry.store}: it was made with different inputs "
+        say(
+            f"not resuming the unfinished training in {entry.store}: it was made with different inputs "
             f"({'; '.join(manifest_differences(other, entry.manifest))}); starting fresh (it is kept, with up to "
             f"{checkpoints.KEEP_UNFINISHED - 1} others)"
         )
     entry.start_fresh()
     for path in checkpoints.prune(entry.store, entry.path):
-        print(f"train: removed the unfinished training {path}, the oldest beyond {checkpoints.KEEP_UNFINISHED}")
+        say(f"removed the unfinished training {path}, the oldest beyond {checkpoints.KEEP_UNFINISHED}")
     return False
 
 
@@ -245,7 +245,7 @@ def train(model_cfg: params.ModelParams, cfg: params.TrainParams) -> None:
         return
     store, note = checkpoints.store_dir(Path.cwd())
     if note:
-        print(note)
+        say(note)
     entry = checkpoints.Entry(store, manifest)
     with entry.held():
         train_as(task, model_cfg, cfg, manifest, entry)
@@ -279,7 +279,7 @@ def train_as(
         run(model_cfg, cfg, strategy, strategy_name, manifest, None, False, private)
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    print(f"train: worker {task.index} of {task.count} finished; the chief (worker 0) wrote the outputs")
+    say(f"worker {task.index} of {task.count} finished; the chief (worker 0) wrote the outputs")
 
 
 def start_or_resume(
@@ -288,7 +288,7 @@ def start_or_resume(
     """The loop's state: from the newest intact checkpoint of this run's entry, else fresh."""
     snapshot = runner.restore(digest) if resuming else None
     if resuming and snapshot is None and entry is not None:
-        print(f"train: no intact checkpoint in {entry.path}; starting fresh")
+        say(f"no intact checkpoint in {entry.path}; starting fresh")
         entry.start_fresh()
     snapshot = runner.share_state(snapshot)
     if snapshot is None:
@@ -296,7 +296,7 @@ def start_or_resume(
         return LoopState(EarlyStopping(cfg.monitor, cfg.patience, cfg.min_delta, cfg.max_iterations), digest)
     state = LoopState.from_snapshot(snapshot)
     if entry is not None:
-        print(f"train: resuming from the checkpoint at iteration {runner.iteration} (best so far at "
+        say(f"resuming from the checkpoint at iteration {runner.iteration} (best so far at "
               f"{state.stopper.best_iteration})")
     return state
 
@@ -320,7 +320,7 @@ def run(
         from mnist_early_stopping import trainer
 
         trainer.configure(cfg)
-        train_data, validation_data = load_split("train", "train"), load_split("validation", "train")
+        train_data, validation_data = load_split("train"), load_split("validation")
         runner = trainer.Trainer(model_cfg, cfg, train_data, validation_data, checkpoint_dir, strategy)
         state = start_or_resume(runner, cfg, digest, entry, resuming)
     with timings.phase("trace graphs"):
@@ -365,23 +365,21 @@ def run(
 def interrupted(point: int, signum: int, chief: bool) -> None:
     """Say where training stopped on a signal, and exit with the shell's status for it."""
     if chief:
-        print(f"train: interrupted at iteration {point}; checkpoint saved, "
-              "`dvc repro` resumes from it", file=sys.stderr)
-    else:
-        print(f"train: interrupted at iteration {point}; the chief saved a checkpoint, "
-              "which the next run resumes from", file=sys.stderr)
-    raise SystemExit(128 + signum)
+        raise StageError(f"interrupted at iteration {point}; checkpoint saved, `dvc repro` resumes from it",
+                         code=128 + signum)
+    raise StageError(f"interrupted at iteration {point}; the chief saved a checkpoint, which the next run "
+                     "resumes from", code=128 + signum)
 
 
 def report_stop(stopper: EarlyStopping, iteration: int, max_iterations: int, wall: float) -> None:
     """Say why training stopped (the tutorial's lines) and how long it took."""
     if stopper.best_value is None:
-        raise SystemExit("train: no evaluation gave a finite validation value, so there is no best "
+        raise StageError("no evaluation gave a finite validation value, so there is no best "
                          "network to save. Try a lower train.learning_rate or train.precision: float32.")
     if stopper.stop_reason == "patience":
         print("No improvement found in a while, stopping optimization.")
     elif stopper.stop_reason == "non_finite":
-        print(f"train: loss is not finite at iteration {iteration}; stopping. "
+        say(f"loss is not finite at iteration {iteration}; stopping. "
               "Try a lower train.learning_rate or train.precision: float32.")
     else:
         print(f"Reached train.max_iterations ({max_iterations}), stopping optimization.")

@@ -9,13 +9,13 @@ too, in well under a second: it imports no TensorFlow and writes nothing.
 from __future__ import annotations
 
 from mnist_early_stopping import params
-from mnist_early_stopping.cli import run_main
+from mnist_early_stopping.cli import run_main, say
 
 
 def main() -> None:
     """Entry point of the params check stage."""
     params.load()  # all sections, every key, and the checks across keys
-    print(f"check_params: {params.PARAMS_FILE} is valid")
+    say(f"{params.PARAMS_FILE} is valid")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ Every failure ends with one line saying what to do; never a traceback.
 
 from __future__ import annotations
 
-import sys
-
 from mnist_early_stopping import params
-from mnist_early_stopping.cli import run_main
+from mnist_early_stopping.cli import StageError, run_main
 from mnist_early_stopping.download import MIRROR_ENV, download_all, mirror_list
 from mnist_early_stopping.layout import RAW_DIR
 
@@ -24,14 +22,10 @@ def main() -> None:
     # Bad input, files not ours, a full disk: a StageError, which run_main reports in one line.
     errors = download_all(RAW_DIR, cfg.files, mirror_list(cfg.mirrors), cfg)
     if errors:
-        for line in errors:
-            print(line, file=sys.stderr)
-        print(
-            f"download: every mirror failed. On an offline machine set {MIRROR_ENV} to a "
-            "directory or URL holding the four MNIST files (.gz or decompressed).",
-            file=sys.stderr,
+        raise StageError(
+            "\n".join(errors) + f"\nevery mirror failed. On an offline machine set {MIRROR_ENV} to a "
+            "directory or URL holding the four MNIST files (.gz or decompressed)."
         )
-        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mnist_early_stopping import params, timings
 from mnist_early_stopping.atomic import replace_dir
-from mnist_early_stopping.cli import run_main
+from mnist_early_stopping.cli import run_main, say
 from mnist_early_stopping.figures import draw, load_inputs
 from mnist_early_stopping.layout import PLOTS_DIR
 
@@ -21,7 +21,7 @@ def main() -> None:
     # A fresh directory: plots/ ends up holding exactly this run's figures.
     with timings.phase("draw figures"), replace_dir(PLOTS_DIR) as tmp:
         names = [p.name for p in draw(inputs, tmp, cfg.dpi)]
-    print(f"plots: wrote {', '.join(names)} to {PLOTS_DIR}/")
+    say(f"wrote {', '.join(names)} to {PLOTS_DIR}/")
 
 
 if __name__ == "__main__":

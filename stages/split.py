@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mnist_early_stopping import params
-from mnist_early_stopping.cli import run_main
+from mnist_early_stopping.cli import run_main, say
 from mnist_early_stopping.data import save_splits, split_raw
 
 
@@ -11,7 +11,7 @@ def main() -> None:
     """Entry point of the split stage."""
     (cfg,) = params.load("split")
     metrics = save_splits(split_raw(cfg))  # the three splits and data.json, all or none
-    print("split: " + ", ".join(f"{k} {v['size']}" for k, v in metrics.items()))
+    say(", ".join(f"{k} {v['size']}" for k, v in metrics.items()))
 
 
 if __name__ == "__main__":

@@ -58,8 +58,8 @@ def test_only_intact_checkpoints_of_this_manifest_are_offered(tmp_path: Path, ca
     assert list(checkpoints.intact(tmp_path, "ours")) == [tmp_path / "ckpt-40"]
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        f"train: ignoring the checkpoint at iteration 120 in {tmp_path}: ckpt-120.index is damaged",
-        f"train: ignoring the damaged checkpoint record {tmp_path / 'ckpt-80.json'} (JSONDecodeError)",
+        f"ignoring the checkpoint at iteration 120 in {tmp_path}: ckpt-120.index is damaged",
+        f"ignoring the damaged checkpoint record {tmp_path / 'ckpt-80.json'} (JSONDecodeError)",
     ]
 
 

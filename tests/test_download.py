@@ -24,6 +24,7 @@ import pytest
 
 from mnist_early_stopping import cli, download, params
 from stages import download as download_stage
+from mnist_early_stopping.cli import StageError
 from mnist_early_stopping.download import Expected, FetchError, download_all, fetch_file
 from mnist_early_stopping.idx import encode_idx
 from mnist_early_stopping.params import DownloadParams
@@ -265,7 +266,7 @@ def test_verified_files_are_not_fetched_again(server: LocalServer, tmp_path: Pat
     assert server.count("m1") == 4
     assert download_all(out, EXPECTED, [server.url("m1")], config(), log=logged.append) == []
     assert server.count("m1") == 4
-    assert logged[-4:] == [f"download: {n} already present and verified" for n in FILE_NAMES]
+    assert logged[-4:] == [f"{n} already present and verified" for n in FILE_NAMES]
 
 
 def test_only_missing_or_wrong_files_are_fetched(server: LocalServer, tmp_path: Path) -> None:
@@ -504,7 +505,7 @@ def test_all_mirrors_fail_in_process(server: LocalServer, tmp_path: Path) -> Non
     errors = download_all(out, EXPECTED, [server.url("m1")], config(), log=lambda s: None)
     # The first file no mirror has ends the attempt: the others would fail the same way.
     assert errors == [
-        f"download: could not get {TRAIN_IMAGES} from any mirror:",
+        f"could not get {TRAIN_IMAGES} from any mirror:",
         f"  {server.url('m1')}: HTTP 500 Internal Server Error for {gz_url(server, 'm1')} (after 1 attempt)",
     ]
     assert server.count("m1") == 1
@@ -603,10 +604,7 @@ def run_main(
 ) -> tuple[int, list[str]]:
     """Run the stage's main() in `project`; return its exit status and its stderr lines."""
     monkeypatch.chdir(project)
-    try:  # as `python -m stages.download` runs it
-        code = cli.run_main("download", download_stage.main)
-    except SystemExit as exit:
-        code = exit.code
+    code = cli.run_main("download", download_stage.main)  # as `python -m stages.download` runs it
     return code, capsys.readouterr().err.splitlines()
 
 
@@ -649,7 +647,7 @@ def test_digest_table_cannot_name_a_path(
     name = str(sentinel) if form == "absolute" else "../../../outside/keep"  # from data/raw
     write_params(stage_project, {"download": {"files": {name: {"size": 3, "sha256": "0" * 64}, **table_with()}}})
     code, lines = run_main(stage_project, monkeypatch, capsys)
-    assert code == 2 and lines == [f"params.yaml: download.files: unknown file name {name!r}; {ALLOWED_TABLE}"]
+    assert code == 2 and lines == [f"download: params.yaml: download.files: unknown file name {name!r}; {ALLOWED_TABLE}"]
     assert (sentinel / "precious.txt").read_text() == "mine"
     assert not (stage_project / "data" / "raw").exists()
 
@@ -708,7 +706,7 @@ def test_the_canonical_digests_are_in_params_yaml() -> None:
 
 def test_download_all_uses_only_the_four_names(tmp_path: Path) -> None:
     out = tmp_path / "raw"
-    with pytest.raises(download.BadInput, match="must name exactly"):
+    with pytest.raises(StageError, match="must name exactly"):
         download_all(out, {"../x": EXPECTED[TRAIN_IMAGES]}, [], config(), log=lambda s: None)
     assert not out.exists()
 
@@ -767,7 +765,7 @@ def test_mirror_overlapping_raw_is_refused(
 
 
 def test_mirror_of_another_scheme_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(download.BadInput, match="not a directory, a file:// URL or an http"):
+    with pytest.raises(StageError, match="not a directory, a file:// URL or an http"):
         download_all(tmp_path / "raw", EXPECTED, ["ftp://127.0.0.1:9/mnist/"], config(), log=lambda s: None)
     assert not (tmp_path / "raw").exists()
 
@@ -892,7 +890,7 @@ def test_trickling_mirror_is_dropped_for_every_file_and_the_next_serves(server: 
     # Asked once in all: not retried, not asked for the three other files.
     assert server.requests[0] == f"/m1/{TRAIN_IMAGES}.gz" and server.count("m1") == 1
     assert server.count("m2") == 4
-    assert f"download: {server.url('m1')} dropped: {gz_url(server, 'm1')} sent less than 1000 bytes/s over 0.5 s," \
+    assert f"{server.url('m1')} dropped: {gz_url(server, 'm1')} sent less than 1000 bytes/s over 0.5 s," \
         " the minimum rate" in logged
 
 
@@ -964,7 +962,7 @@ def test_http_redirect_is_followed_and_logged(server: LocalServer, tmp_path: Pat
     out = tmp_path / "raw"
     logged: list[str] = []
     assert fetch_one(out, [server.url("m1")], log=logged.append) == []
-    assert logged == [f"download: {gz_url(server, 'm1')} redirected to {gz_url(server, 'm2')}"]
+    assert logged == [f"{gz_url(server, 'm1')} redirected to {gz_url(server, 'm2')}"]
     assert_complete(out, (TRAIN_IMAGES,))
 
 

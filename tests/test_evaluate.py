@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from mnist_early_stopping.cli import StageError
 from mnist_early_stopping import evaluation as evaluate
 from tests.conftest import copy_project, run_stage, stage_env, write_params
 from tests.tiny_mnist import write_mirror
@@ -122,12 +123,12 @@ def test_the_network_check_names_a_replaced_or_missing_file(tmp_path: Path, monk
     assert "records no best_network_sha256" in evaluate.best_network_error(None)
     (tmp_path / "models/best.keras").write_bytes(b"another archive")
     error = evaluate.best_network_error(recorded)
-    assert error.startswith("evaluate: models/best.keras is not the best network that metrics/train.json records")
+    assert error.startswith("models/best.keras is not the best network that metrics/train.json records")
     (tmp_path / "models/best/variables/variables.index").write_bytes(b"other weights")
-    assert evaluate.best_network_error(recorded).startswith("evaluate: models/best is not the best network")
+    assert evaluate.best_network_error(recorded).startswith("models/best is not the best network")
     shutil.rmtree(tmp_path / "models/best")
     assert evaluate.best_network_error(recorded) == (
-        "evaluate: models/best not found; run the train stage first (dvc repro train)"
+        "models/best not found; run the train stage first (dvc repro train)"
     )
 
 
@@ -148,10 +149,10 @@ def test_evaluate_refuses_a_network_whose_validation_loss_differs(
     metrics["best_validation_loss"] *= 1.001
     train_json.write_text(json.dumps(metrics))
     (tmp_path / "metrics/test.json").unlink()
-    with pytest.raises(SystemExit) as failed:
+    with pytest.raises(StageError) as failed:
         evaluate.evaluate(16)
     assert failed.value.code == 1
-    error = capsys.readouterr().err.strip()
+    error = str(failed.value)
     assert "\n" not in error and "its validation loss is" in error and "models/best does not belong" in error
     assert not (tmp_path / "metrics/test.json").exists()
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mnist_early_stopping.cli import StageError
 from mnist_early_stopping import export
 from mnist_early_stopping.layout import BEST_MODEL, EXPORT_METRICS, TFLITE_MODEL, split_path
 from tests.conftest import copy_project, run_stage
@@ -57,7 +58,7 @@ def test_agreement_threshold_is_99_9_percent() -> None:
     assert export.agreement_error(figures(9990)) is None
     error = export.agreement_error(figures(9989))
     assert error is not None and "\n" not in error
-    assert error.startswith("export: ") and "models/best" in error
+    assert error.startswith("the TFLite model predicts the same class as models/best")
     assert "99.89% (9989 / 10000)" in error and "99.9%" in error and "0.51" in error
 
 
@@ -216,9 +217,9 @@ def test_export_refuses_a_tflite_model_of_another_network(
     shutil.copytree(source, project, ignore=shutil.ignore_patterns("best.tflite", "export.json"))
     monkeypatch.chdir(project)
 
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(StageError) as failed:
         export.export()
-    assert exit_info.value.code == 1
-    lines = capsys.readouterr().err.strip().splitlines()
+    assert failed.value.code == 1
+    lines = str(failed.value).splitlines()
     assert len(lines) == 1 and "the TFLite model predicts the same class as models/best for only" in lines[0]
     assert not (project / TFLITE_MODEL).exists() and not (project / EXPORT_METRICS).exists()

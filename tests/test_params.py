@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mnist_early_stopping import params
+from mnist_early_stopping.cli import StageError
 from mnist_early_stopping.params import SECTIONS, DownloadParams, ModelParams, SplitParams, TrainParams
 from tests.conftest import ROOT, TinyMirror, run_stage, stage_env, write_params
 
@@ -147,14 +148,12 @@ CASES: list[tuple[str, Callable[[Raw], None], str]] = [
 
 def load_error(capsys: pytest.CaptureFixture[str], *sections: str) -> str:
     """Run params.load, expect exit status 2, and return its single stderr line."""
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(StageError) as failed:
         params.load(*sections)
-    assert exit_info.value.code == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    return lines[0]
+    assert failed.value.code == 2
+    assert capsys.readouterr() == ("", ""), "nothing printed: the stage's entry point prints the error"
+    assert "\n" not in str(failed.value)
+    return str(failed.value)
 
 
 @pytest.mark.parametrize(("edit", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

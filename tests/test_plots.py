@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_early_stopping.cli import StageError
 from mnist_early_stopping import figures as plots
 from mnist_early_stopping.model_files import conv_layer_names
 from tests.conftest import ROOT, write_params
@@ -140,8 +141,8 @@ def test_predictions_that_do_not_match_the_test_split_are_an_error(plots_project
     csv = plots_project / "metrics/predictions.csv"
     lines = csv.read_text().splitlines()
     csv.write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(SystemExit, match="does not match the test labels.*dvc repro evaluate"):
+    with pytest.raises(StageError, match="does not match the test labels.*dvc repro evaluate"):
         plots.load_inputs()
     csv.write_text("label,predicted\n1,1\n")
-    with pytest.raises(SystemExit, match="has no column actual.*dvc repro evaluate"):
+    with pytest.raises(StageError, match="has no column actual.*dvc repro evaluate"):
         plots.load_inputs()

@@ -332,10 +332,10 @@ def test_a_bad_split_file_is_named_with_what_to_run(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     write_split(tmp_path, content())
-    with pytest.raises(SystemExit) as failed:
-        data.load_split("test", "evaluate")
-    message = str(failed.value.code)
-    assert message.startswith("evaluate: data/split/test.npz ") and problem in message, message
+    with pytest.raises(StageError) as failed:
+        data.load_split("test")
+    message = str(failed.value)
+    assert failed.value.code == 1 and message.startswith("data/split/test.npz ") and problem in message, message
     assert message.endswith("; re-run the split stage: dvc repro split") and "\n" not in message
 
 
@@ -356,10 +356,10 @@ def test_evaluate_names_the_broken_train_json_and_its_key(
     monkeypatch.setattr(evaluation, "load_stage_network", fake_network)
     write_fake_run(tmp_path)
     (tmp_path / "metrics/train.json").write_text(text)
-    with pytest.raises(SystemExit) as failed:
+    with pytest.raises(StageError) as failed:
         evaluation.evaluate(16)
-    message = str(failed.value.code)
-    assert message.startswith(f"evaluate: {problem}") and message.endswith("re-run the train stage: dvc repro train")
+    message = str(failed.value)
+    assert message.startswith(problem) and message.endswith("re-run the train stage: dvc repro train")
     assert not (tmp_path / "metrics/test.json").exists()
 
 
@@ -373,10 +373,10 @@ def test_plots_names_the_broken_train_json_and_its_key(
         (tmp_path / "metrics/train.json").write_text(text)
     else:  # plots reads the iterations only
         (tmp_path / "metrics/train.json").write_text(text.replace('"best_validation_accuracy": 1.0, ', ""))
-    with pytest.raises(SystemExit) as failed:
+    with pytest.raises(StageError) as failed:
         figures.load_inputs()
-    message = str(failed.value.code)
-    assert message.startswith(f"plots: {problem}") and message.endswith("re-run the train stage: dvc repro train")
+    message = str(failed.value)
+    assert message.startswith(problem) and message.endswith("re-run the train stage: dvc repro train")
 
 
 def test_run_main_turns_an_unexpected_error_into_one_line(
@@ -398,11 +398,8 @@ def test_run_main_turns_an_unexpected_error_into_one_line(
     assert err.startswith("Traceback (most recent call last):") and "and pages more" in err and "in main" in err
 
 
-def test_run_main_lets_exits_and_interrupts_through(capsys: pytest.CaptureFixture[str]) -> None:
-    from mnist_early_stopping.cli import StageError, run_main
-
-    def exits() -> None:
-        raise SystemExit(130)
+def test_run_main_prints_a_stage_error_after_the_stage_name_with_its_status(capsys: pytest.CaptureFixture[str]) -> None:
+    from mnist_early_stopping.cli import StageError, run_main, say
 
     def interrupted() -> None:
         raise KeyboardInterrupt
@@ -410,15 +407,16 @@ def test_run_main_lets_exits_and_interrupts_through(capsys: pytest.CaptureFixtur
     def refuses() -> None:
         raise atomic.OutputError("plots is in the way; move it")
 
-    class BadInput(StageError):
-        code = 2
-
     def bad_input() -> None:
-        raise BadInput("x must be positive")
+        raise StageError("x must be positive", code=2)
 
-    with pytest.raises(SystemExit) as exited:
-        run_main("demo", exits)
-    assert exited.value.code == 130
+    def stopped() -> None:
+        say("a note")
+        raise StageError("interrupted at iteration 60", code=130)
+
+    def mirrors() -> None:
+        raise StageError("could not get a file:\n  m1: refused\nevery mirror failed")
+
     with pytest.raises(KeyboardInterrupt):
         run_main("demo", interrupted)
     assert run_main("demo", lambda: None) == 0
@@ -426,6 +424,12 @@ def test_run_main_lets_exits_and_interrupts_through(capsys: pytest.CaptureFixtur
     assert one_line(capsys.readouterr().err) == "demo: plots is in the way; move it"
     assert run_main("demo", bad_input) == 2
     assert one_line(capsys.readouterr().err) == "demo: x must be positive"
+    assert run_main("demo", stopped) == 130
+    assert capsys.readouterr() == ("demo: a note\n", "demo: interrupted at iteration 60\n")
+    assert run_main("demo", mirrors) == 1  # indented details keep their place
+    assert capsys.readouterr().err == "demo: could not get a file:\n  m1: refused\ndemo: every mirror failed\n"
+    say("outside a stage")
+    assert capsys.readouterr().out == "outside a stage\n"
 
 
 def test_every_stage_runs_through_run_main() -> None:

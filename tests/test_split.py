@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stages import split as split_stage
+from mnist_early_stopping.cli import StageError
 from mnist_early_stopping.params import SplitParams
 from mnist_early_stopping.data import data_metrics, split_train, validation_indices
 from tests.conftest import TinyMirror, run_stage, stage_env
@@ -127,8 +128,8 @@ def test_data_metrics() -> None:
 
 def test_missing_raw_data_says_run_download(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project)
-    message = r"^split: data/raw/train-images-idx3-ubyte: not found; run the download stage first$"
-    with pytest.raises(SystemExit, match=message):
+    message = r"^data/raw/train-images-idx3-ubyte: not found; run the download stage first$"
+    with pytest.raises(StageError, match=message):
         split_stage.main()
 
 
