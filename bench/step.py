@@ -36,6 +36,7 @@ from common import ROOT, add_project_option, child_env, header, median_of, table
 sys.path.insert(0, str(ROOT))  # the library of this checkout, whichever project is measured
 
 from mnist_early_stopping import params  # noqa: E402  (light: no TensorFlow)
+from mnist_early_stopping.cli import run_main  # noqa: E402
 from mnist_early_stopping.layout import IMAGE_SHAPE, NUM_CLASSES, split_path  # noqa: E402
 
 RESULT_MARK = "BENCH-RESULT "
@@ -122,7 +123,7 @@ def load_data() -> tuple[tuple[Any, Any], tuple[Any, Any], str]:
     from mnist_early_stopping.data import load_split
 
     if split_path("train").is_file() and split_path("validation").is_file():
-        return load_split("train", "bench"), load_split("validation", "bench"), "data/split"
+        return load_split("train"), load_split("validation"), "data/split"
     rng = np.random.default_rng(0)
 
     def random_split(n: int) -> tuple[Any, Any]:
@@ -595,4 +596,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main("bench", main))
