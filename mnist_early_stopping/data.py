@@ -15,7 +15,7 @@ from mnist_early_stopping.atomic import json_bytes, write_files
 from mnist_early_stopping.cli import EXIT_BAD_INPUT, StageError, first_line
 from mnist_early_stopping.idx import IdxError, read_idx
 from mnist_early_stopping.layout import (
-    DATA_METRICS, IMAGE_SHAPE, NUM_CLASSES, RAW_DIR, TRAIN_METRICS, split_path,
+    DATA_METRICS, IMAGE_SHAPE, MNIST_NAMES, NUM_CLASSES, RAW_DIR, TRAIN_METRICS, split_path,
 )
 
 # What np.load and reading an archive's members raise on a truncated or corrupt file.
@@ -176,10 +176,9 @@ def split_raw(cfg: params.SplitParams, raw_dir: Path = RAW_DIR) -> dict[str, tup
             "move it elsewhere, then run `dvc repro download`"
         )
     try:
-        train_images, train_labels = load_pair(
-            raw_dir / "train-images-idx3-ubyte", raw_dir / "train-labels-idx1-ubyte"
-        )
-        test = load_pair(raw_dir / "t10k-images-idx3-ubyte", raw_dir / "t10k-labels-idx1-ubyte")
+        train_images_file, train_labels_file, test_images_file, test_labels_file = MNIST_NAMES
+        train_images, train_labels = load_pair(raw_dir / train_images_file, raw_dir / train_labels_file)
+        test = load_pair(raw_dir / test_images_file, raw_dir / test_labels_file)
         splits = split_train(train_images, train_labels, cfg)
     except SplitSizeError as e:
         raise StageError(str(e), code=EXIT_BAD_INPUT) from None

@@ -6,10 +6,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from mnist_early_stopping.layout import IMAGE_SHAPE, NUM_CLASSES
 from mnist_early_stopping.params import ModelParams
-
-IMAGE_SHAPE = (28, 28)
-NUM_CLASSES = 10
 
 
 def build_model(cfg: ModelParams, seed: int) -> keras.Model:
@@ -57,6 +55,6 @@ def describe(cfg: ModelParams) -> dict[str, object]:
         "conv_filters": list(cfg.conv_filters),
         "conv_kernel_size": cfg.conv_kernel_size,
         "dense_units": list(cfg.dense_units),
-        "input": "float32 images (N, 28, 28) in [0, 1]",
-        "output": "float32 class probabilities (N, 10)",
+        "input": f"float32 images (N, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) in [0, 1]",
+        "output": f"float32 class probabilities (N, {NUM_CLASSES})",
     }

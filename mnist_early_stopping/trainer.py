@@ -34,6 +34,11 @@ def configure(cfg: params.TrainParams) -> None:
     keras.mixed_precision.set_global_policy(cfg.precision)
 
 
+def adam(cfg: params.TrainParams) -> keras.optimizers.Optimizer:
+    """The run's optimiser: Adam at `train.learning_rate` (the training's, and the one .keras files are compiled with)."""
+    return keras.optimizers.Adam(cfg.learning_rate)
+
+
 def cross_entropy(labels: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
     """Per-example cross-entropy of integer labels under predicted probabilities."""
     return keras.losses.sparse_categorical_crossentropy(labels, probabilities)
@@ -60,7 +65,7 @@ class Trainer:
         self.replicas = self.strategy.num_replicas_in_sync
         with self.strategy.scope():
             self.model = build_model(model_cfg, cfg.seed)
-            optimizer = keras.optimizers.Adam(cfg.learning_rate)
+            optimizer = adam(cfg)
             if cfg.precision == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
@@ -275,7 +280,7 @@ class Trainer:
         plain.set_weights(self.model.get_weights())
         # Compiled with the run's optimiser settings and loss, so fine-tuning is one `fit` call away.
         plain.compile(
-            optimizer=keras.optimizers.Adam(self.cfg.learning_rate),
+            optimizer=adam(self.cfg),
             loss="sparse_categorical_crossentropy", metrics=["accuracy"],
         )
         # Built, so the file holds the optimiser's (fresh) slots and loads without a warning.

@@ -9,13 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from mnist_early_stopping.idx import encode_idx
+from mnist_early_stopping.layout import MNIST_NAMES
 
-FILE_NAMES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+FILE_NAMES = MNIST_NAMES
 
 
 def digit_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
