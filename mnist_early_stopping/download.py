@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterator
 
 from mnist_early_stopping import params
 from mnist_early_stopping.cli import EXIT_BAD_INPUT, StageError, say
+from mnist_early_stopping.digests import sha256_file
 from mnist_early_stopping.layout import MNIST_NAMES
 from mnist_early_stopping.params import Expected
 
@@ -553,7 +554,7 @@ def is_gzipped(path: Path) -> bool:
 def decompress_and_verify(src: Path, dest: Path, expected: Expected) -> None:
     """Write the (gunzipped if needed) content of `src` to `dest`, check its digest, sync it."""
     gzipped = is_gzipped(src)
-    digest, size = hashlib.sha256(), 0
+    digest, size = hashlib.sha256(), 0  # hashed as it is written: one pass over the data
     with Output(dest) as out:
         try:
             with (gzip.open(src, "rb") if gzipped else src.open("rb")) as f:
@@ -582,13 +583,9 @@ def is_verified(path: Path, expected: Expected) -> bool:
     try:
         if not path.is_file() or path.stat().st_size != expected.size:
             return False
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
+        return sha256_file(path) == expected.sha256
     except OSError as e:
         raise local_error("read", path, e) from None
-    return digest.hexdigest() == expected.sha256
 
 
 def fetch_from_mirror(
