@@ -36,7 +36,7 @@ from common import ROOT, add_project_option, child_env, header, median_of, table
 sys.path.insert(0, str(ROOT))  # the library of this checkout, whichever project is measured
 
 from mnist_early_stopping import params  # noqa: E402  (light: no TensorFlow)
-from mnist_early_stopping.cli import run_main  # noqa: E402
+from mnist_early_stopping.cli import StageError, run_main  # noqa: E402
 from mnist_early_stopping.layout import IMAGE_SHAPE, NUM_CLASSES, split_path  # noqa: E402
 
 RESULT_MARK = "BENCH-RESULT "
@@ -215,7 +215,8 @@ def run_ours(seconds: float, precision: str | None = None, candidate: str | None
 
         for _ in range(WARMUP_CHUNKS):
             chunk()
-        result: dict[str, Any] = {**timed_loop(chunk, seconds), "data": source}
+        result: dict[str, Any] = {**timed_loop(chunk, seconds), "data": source,
+                                  "parameters": runner.model.count_params()}
         if precision:  # the bf16 run is for its speed only
             return result
         usage = Usage()
@@ -245,7 +246,7 @@ def run_keras_fit(seconds: float, precision: str | None = None) -> dict[str, Any
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy")
     timer = fit_timer(WARMUP_BATCHES, seconds)
     model.fit(x, labels, batch_size=cfg.batch_size, epochs=1000, verbose=0, callbacks=[timer])
-    return {**timer.rates, "data": source}
+    return {**timer.rates, "data": source, "parameters": model.count_params()}
 
 
 def fit_timer(warmup: int, seconds: float) -> Any:
@@ -294,7 +295,7 @@ def run_torch(seconds: float) -> dict[str, Any]:
 
     for _ in range(WARMUP_BATCHES):
         step()
-    return {**timed_loop(step, seconds), "data": source}
+    return {**timed_loop(step, seconds), "data": source, "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def torch_model(cfg: params.ModelParams) -> Any:
@@ -534,6 +535,10 @@ def bench(args: argparse.Namespace) -> None:
                 else result["error"]
             )
             print(f"  repeat {repeat + 1}/{args.repeats}  {name:<22} {shown}", flush=True)
+    # The peers must train the same network: a PyTorch model that drifted from model.py would be a false comparison.
+    counts = {name: {r["parameters"] for r in rs if "parameters" in r} for name, rs in runs.items()}
+    if len(set().union(*counts.values())) > 1:
+        raise StageError(f"the contenders' networks differ in size (parameters: {counts}); fix torch_model in bench/step.py")
     data = next((r["data"] for rs in runs.values() for r in rs if "data" in r), "?")
     print(
         f"\ndata:     {data}; Keras fit: verbose=0, no metrics (its fastest plain use); "
