@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -49,12 +50,34 @@ def tiny_mirror(tmp_path: Path) -> TinyMirror:
     return mirror, write_mirror(mirror)
 
 
+@functools.cache
+def committed_params() -> str:
+    """params.yaml as committed (`git show HEAD:params.yaml`), never as `dvc exp run -S` or an edit left the
+    workspace's file: the tests' defaults. The workspace's file only where there is no git checkout."""
+    try:
+        shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=60)
+    except OSError:
+        shown = None
+    return shown.stdout if shown is not None and shown.returncode == 0 else (ROOT / "params.yaml").read_text()
+
+
+@pytest.fixture(scope="session")
+def committed_params_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A params.yaml holding the committed defaults, outside the workspace."""
+    path = tmp_path_factory.mktemp("committed") / "params.yaml"
+    path.write_text(committed_params())
+    return path
+
+
 def copy_project(dest: Path, names: tuple[str, ...] = ("stages", "mnist_early_stopping", "params.yaml", "dvc.yaml")) -> Path:
     """Copy the project's code and pipeline files into `dest`, with TINY_PARAMS applied."""
     dest.mkdir(parents=True)
     for name in names:
         src = ROOT / name
-        if src.is_dir():
+        if name == "params.yaml":
+            (dest / name).write_text(committed_params())
+        elif src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dest / name)

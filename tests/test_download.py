@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mnist_early_stopping import cli, download, params
 from stages import download as download_stage
@@ -28,7 +29,7 @@ from mnist_early_stopping.cli import StageError
 from mnist_early_stopping.download import Expected, FetchError, download_all, fetch_file
 from mnist_early_stopping.idx import encode_idx
 from mnist_early_stopping.params import DownloadParams
-from tests.conftest import ROOT, TinyMirror, run_stage, stage_env, write_params
+from tests.conftest import TinyMirror, committed_params, run_stage, stage_env, write_params
 from tests.tiny_mnist import FILE_NAMES, make_arrays
 
 TRAIN_IMAGES, TRAIN_LABELS = FILE_NAMES[0], FILE_NAMES[1]
@@ -677,7 +678,7 @@ def test_digest_table_cannot_name_a_path(
          "bool", "short-sha", "not-hex", "sha-number", "no-sha", "extra-key", "not-mapping"],
 )
 def test_bad_digest_table_is_refused(table: object, problem: str) -> None:
-    section = {**params.read_params(ROOT / "params.yaml")["download"], "files": table}
+    section = {**yaml.safe_load(committed_params())["download"], "files": table}
     with pytest.raises(params.ParamsError) as refused:
         params.parse_section("download", section, DownloadParams)
     message = str(refused.value)
@@ -687,14 +688,14 @@ def test_bad_digest_table_is_refused(table: object, problem: str) -> None:
 
 def test_digest_table_is_read_lowercased_in_the_files_order() -> None:
     table = table_with({TRAIN_IMAGES: {"size": 3, "sha256": "AB" * 32}})
-    section = {**params.read_params(ROOT / "params.yaml")["download"], "files": dict(reversed(table.items()))}
+    section = {**yaml.safe_load(committed_params())["download"], "files": dict(reversed(table.items()))}
     files = params.parse_section("download", section, DownloadParams).files
     assert list(files) == list(FILE_NAMES)
     assert files == {**EXPECTED, TRAIN_IMAGES: Expected(3, "ab" * 32)}
 
 
-def test_the_canonical_digests_are_in_params_yaml() -> None:
-    (cfg,) = params.load("download", path=ROOT / "params.yaml")
+def test_the_canonical_digests_are_in_params_yaml(committed_params_file: Path) -> None:
+    (cfg,) = params.load("download", path=committed_params_file)
     assert cfg.files[TRAIN_IMAGES] == Expected(
         47040016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
     )

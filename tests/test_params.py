@@ -14,17 +14,17 @@ import yaml
 from mnist_early_stopping import params
 from mnist_early_stopping.cli import StageError
 from mnist_early_stopping.params import SECTIONS, DownloadParams, ModelParams, SplitParams, TrainParams
-from tests.conftest import ROOT, TinyMirror, run_stage, stage_env, write_params
+from tests.conftest import TinyMirror, committed_params, run_stage, stage_env, write_params
 
 Raw = dict[str, Any]
 
 
 def default_raw() -> Raw:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return yaml.safe_load(committed_params())
 
 
-def test_default_params_parse() -> None:
-    parsed = params.load(*SECTIONS, path=ROOT / "params.yaml")
+def test_default_params_parse(committed_params_file: Path) -> None:
+    parsed = params.load(*SECTIONS, path=committed_params_file)
     assert [type(p) for p in parsed] == list(SECTIONS.values())
     download, split, model, train, evaluate, plots = parsed
     assert isinstance(download, DownloadParams) and download.mirrors and download.retries >= 1
@@ -35,14 +35,14 @@ def test_default_params_parse() -> None:
     assert (train.patience, train.max_iterations, train.monitor) == (1000, 10000, "validation_accuracy")
 
 
-def test_sections_are_frozen() -> None:
-    (split,) = params.load("split", path=ROOT / "params.yaml")
+def test_sections_are_frozen(committed_params_file: Path) -> None:
+    (split,) = params.load("split", path=committed_params_file)
     with pytest.raises(AttributeError):
         split.seed = 1  # type: ignore[misc]
 
 
-def test_returns_the_sections_asked_for_in_that_order() -> None:
-    train, split = params.load("train", "split", path=ROOT / "params.yaml")
+def test_returns_the_sections_asked_for_in_that_order(committed_params_file: Path) -> None:
+    train, split = params.load("train", "split", path=committed_params_file)
     assert isinstance(train, TrainParams) and isinstance(split, SplitParams)
 
 
@@ -249,7 +249,7 @@ def test_stages_reject_bad_params_before_importing_tensorflow(
 
 @pytest.mark.parametrize("text,value", [("1e-4", 1e-4), ("1e-05", 1e-5), ("1.0e-3", 1e-3), (".5", 0.5), ("2E-3", 2e-3)])
 def test_numbers_as_users_and_dvc_write_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, value: float) -> None:
-    source = (ROOT / "params.yaml").read_text()
+    source = committed_params()
     path = tmp_path / "params.yaml"
     path.write_text(source.replace("learning_rate: 0.0001", f"learning_rate: {text}"))
     monkeypatch.chdir(tmp_path)
@@ -260,7 +260,7 @@ def test_numbers_as_users_and_dvc_write_them(tmp_path: Path, monkeypatch: pytest
 def test_a_duplicated_key_is_an_error_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source = (ROOT / "params.yaml").read_text()
+    source = committed_params()
     (tmp_path / "params.yaml").write_text(source.replace("  patience: 1000\n", "  patience: 1000\n  patience: 500\n"))
     monkeypatch.chdir(tmp_path)
     line = load_error(capsys, "train")

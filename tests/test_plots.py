@@ -16,7 +16,7 @@ import pytest
 from mnist_early_stopping.cli import StageError
 from mnist_early_stopping import figures as plots
 from mnist_early_stopping.model_files import conv_layer_names
-from tests.conftest import ROOT, write_params
+from tests.conftest import ROOT, committed_params, write_params
 
 DPI = 40
 CONV_SHAPES = {"conv1": (5, 5, 1, 4), "conv2": (5, 5, 4, 8), "conv3": (3, 3, 8, 6)}
@@ -73,7 +73,7 @@ def plots_project(tmp_path: Path) -> Path:
     project.mkdir()
     for package in ("stages", "mnist_early_stopping"):
         shutil.copytree(ROOT / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(ROOT / "params.yaml", project / "params.yaml")
+    (project / "params.yaml").write_text(committed_params())
     write_params(project, {"plots": {"dpi": DPI}})
     write_inputs(project)
     return project
