@@ -235,7 +235,7 @@ def test_stages_reject_bad_params_before_importing_tensorflow(
     env = stage_env(tiny_mirror)
     message = "params.yaml: train.patience must be an integer between 1 and 10000000, got 0\n"
     result = run_stage(project, "train", env, check=False)
-    assert (result.returncode, result.stderr, result.stdout) == (2, message, "")
+    assert (result.returncode, result.stderr, result.stdout) == (2, f"train: {message}", "")
     stages = ["download", "split", "train", "evaluate", "plots"]
     probe = subprocess.run(
         [sys.executable, "-c", BAD_PARAM_PROBE, *stages],
@@ -244,7 +244,7 @@ def test_stages_reject_bad_params_before_importing_tensorflow(
     assert probe.returncode == 0, probe.stderr
     results = json.loads(probe.stdout.splitlines()[-1])
     for stage in stages:
-        assert results[stage] == [2, message, False, False], stage
+        assert results[stage] == [2, f"{stage}: {message}", False, False], stage
 
 
 @pytest.mark.parametrize("text,value", [("1e-4", 1e-4), ("1e-05", 1e-5), ("1.0e-3", 1e-3), (".5", 0.5), ("2E-3", 2e-3)])
