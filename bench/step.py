@@ -36,7 +36,7 @@ from common import ROOT, add_project_option, child_env, header, median_of, table
 sys.path.insert(0, str(ROOT))  # the library of this checkout, whichever project is measured
 
 from mnist_early_stopping import params  # noqa: E402  (light: no TensorFlow)
-from mnist_early_stopping.cli import StageError, run_main  # noqa: E402
+from mnist_early_stopping.cli import StageError  # noqa: E402
 from mnist_early_stopping.layout import IMAGE_SHAPE, NUM_CLASSES, split_path  # noqa: E402
 
 RESULT_MARK = "BENCH-RESULT "
@@ -601,4 +601,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main("bench", main))
+    try:
+        main()
+    except StageError as e:
+        sys.exit(f"bench: {e}")

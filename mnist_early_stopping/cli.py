@@ -80,6 +80,30 @@ def verify_inputs() -> None:
         run_inputs.verify(_started)
 
 
+def usage(stage: str) -> str:
+    """What `python -m stages.<stage> --help` prints: the stage's docstring, then its entry in dvc.yaml."""
+    import yaml
+
+    doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+    lines = [f"usage: python -m stages.{stage}   (or: dvc repro {stage}, which runs it when its inputs changed)", ""]
+    lines += [doc, ""] if doc else []
+    try:
+        entry = yaml.safe_load(open("dvc.yaml", encoding="utf-8"))["stages"][stage]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return "\n".join(lines + ["(run it from the project root, where dvc.yaml is, to see its inputs and outputs)"])
+    name = lambda item: item if isinstance(item, str) else next(iter(item))  # noqa: E731
+    sections = [name(p) for p in entry.get("params", [])]
+    data = [name(d) for d in entry.get("deps", []) if not name(d).startswith(("stages/", "mnist_early_stopping/"))]
+    outputs = [name(o) for key in ("outs", "metrics", "plots") for o in entry.get(key, [])]
+    lines += [
+        f"params:  {', '.join('all of params.yaml' if s == 'params.yaml' else s for s in sections) or 'none'}",
+        f"reads:   {', '.join(data) or 'nothing but params.yaml'}",
+        f"writes:  {', '.join(outputs) or 'nothing'}",
+        "It takes no arguments: every setting is in params.yaml.",
+    ]
+    return "\n".join(lines)
+
+
 def run_main(stage: str, main: Callable[[], object]) -> int:
     """Run a stage's main; return its exit status, turning an error into one line on stderr.
 
@@ -89,6 +113,16 @@ def run_main(stage: str, main: Callable[[], object]) -> int:
     With $MNIST_TIMINGS set, the stage's phases are appended to that file however it ends.
     """
     global _stage
+    command = getattr(sys.modules.get("__main__"), "__spec__", None)
+    # Only `python -m stages.<stage>` has arguments of its own (not a test calling run_main in process).
+    arguments = sys.argv[1:] if command is not None and command.name == f"stages.{stage}" else []
+    if arguments in (["--help"], ["-h"]):
+        print(usage(stage))
+        return 0
+    if arguments:
+        print(f"{stage}: unknown argument {arguments[0]!r}: a stage takes no arguments (its settings are in "
+              f"params.yaml); see python -m stages.{stage} --help", file=sys.stderr)
+        return EXIT_BAD_INPUT
     _stage = stage
     try:
         return _run(stage, main)

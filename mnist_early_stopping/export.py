@@ -15,6 +15,7 @@ from mnist_early_stopping.layout import (
     BEST_MODEL, EXPORT_METRICS, IMAGE_SHAPE, NUM_CLASSES, PIXEL_SCALE, TFLITE_MODEL, split_path,
 )
 from mnist_early_stopping.network import NetworkError, load_network
+from mnist_early_stopping.tf_runtime import XNNPACK_NOTICE, filtered_stderr
 
 # A float32 conversion only reorders float operations, so the predicted class may
 # change only where two classes tie to within rounding: a handful of 10000 images.
@@ -60,6 +61,11 @@ def scale(images: np.ndarray) -> np.ndarray:
 
 def tflite_probabilities(model: bytes, images: np.ndarray, batch_size: int, interpreter: type) -> np.ndarray:
     """Probabilities (N, 10) of a TFLite model for uint8 images (N, 28, 28), one call per batch."""
+    with filtered_stderr(lambda line: not XNNPACK_NOTICE.match(line)):
+        return _tflite_probabilities(model, images, batch_size, interpreter)
+
+
+def _tflite_probabilities(model: bytes, images: np.ndarray, batch_size: int, interpreter: type) -> np.ndarray:
     runner = interpreter(model_content=model)
     (inp,), (out,) = runner.get_input_details(), runner.get_output_details()
     batches, allocated = [], None

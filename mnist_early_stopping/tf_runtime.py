@@ -26,6 +26,8 @@ NO_CUDA_DRIVER = re.compile(
     _INFO + r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\.$"
 )
 CUINIT_FAILED = re.compile(_ERROR + r"cuda_platform\.cc:\d+\] failed call to cuInit: ")
+# What the TFLite interpreter prints on every start on a CPU: it always uses XNNPACK there.
+XNNPACK_NOTICE = re.compile(r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$")
 
 
 class NoiseFilter:

@@ -164,6 +164,7 @@ def test_export_writes_a_tflite_model_that_matches_the_network(
     assert metrics["images"] == TEST_IMAGES and metrics["bytes"] == len(tflite)
     assert metrics["interpreter"].startswith(("ai_edge_litert ", "tensorflow.lite "))
     assert f"Exported {TFLITE_MODEL}" in result.stdout
+    assert "XNNPACK" not in result.stdout + result.stderr, result.stderr  # the interpreter's start-up line
 
     # Independently of the stage: the written file computes the Keras model's probabilities.
     images = load_test_images(project)

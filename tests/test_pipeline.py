@@ -480,7 +480,7 @@ def test_experiment_run_and_queue(experiments: Step):
 EXP_SHOW_COLUMNS = (
     "dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep",
     "Experiment|train.patience|best_iteration|stopped_iteration|best.accuracy|final.accuracy",
-    "--sort-by", "best.accuracy",
+    "--sort-by", "best.accuracy", "--sort-order", "desc",
 )
 
 

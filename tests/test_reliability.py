@@ -9,11 +9,14 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
+import yaml
 
 from mnist_early_stopping import atomic, data, evaluation, figures
 from mnist_early_stopping.cli import StageError
@@ -436,6 +439,38 @@ def test_every_stage_runs_through_run_main() -> None:
     for path in sorted((ROOT / "stages").glob("[!_]*.py")):
         tail = path.read_text().split('if __name__ == "__main__":')[-1]
         assert tail.strip() == f'raise SystemExit(run_main("{path.stem}", main))', path.name
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int] | None]:
+    """Every path under `root`, with a file's size and modification time (Python's bytecode caches aside)."""
+    paths = [p for p in sorted(root.rglob("*")) if "__pycache__" not in p.parts]
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None for p in paths}
+
+
+@pytest.mark.slow
+def test_every_stage_answers_help_and_refuses_any_other_argument(project: Path, tiny_mirror: TinyMirror) -> None:
+    env = stage_env(tiny_mirror)
+    pipeline = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    before = tree_state(project)
+    for stage, entry in pipeline.items():
+        shown = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--help"], cwd=project, env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0 and shown.stderr == "", (stage, shown.stderr)
+        assert shown.stdout.startswith(f"usage: python -m stages.{stage}"), shown.stdout
+        params_line = next(line for line in shown.stdout.splitlines() if line.startswith("params:"))
+        for section in entry.get("params", []):
+            name = section if isinstance(section, str) else "all of params.yaml"
+            assert name in params_line, (stage, params_line)
+        outputs = [next(iter(o)) if isinstance(o, dict) else o for k in ("outs", "metrics", "plots") for o in entry.get(k, [])]
+        assert all(out in shown.stdout for out in outputs), (stage, shown.stdout)
+        refused = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--max-iterations", "5"], cwd=project,
+                                 env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and refused.stdout == "", (stage, refused.stdout)
+        assert refused.stderr.splitlines() == [
+            f"{stage}: unknown argument '--max-iterations': a stage takes no arguments (its settings are in "
+            f"params.yaml); see python -m stages.{stage} --help"
+        ]
+    assert tree_state(project) == before, "--help or a refused argument touched the project"
 
 
 @pytest.fixture
