@@ -426,8 +426,12 @@ def best_network_digests() -> dict[str, str]:
     return {"savedmodel": sha256_tree(BEST_MODEL / "variables"), "keras": sha256_file(BEST_KERAS)}
 
 
+# The tracked files that define a training: the code, the params, the pipeline, the pinned versions.
+DEFINING_FILES = ("stages", "mnist_early_stopping", "params.yaml", "dvc.yaml", "pyproject.toml", "constraints.txt")
+
+
 def git_commit() -> dict[str, Any]:
-    """The commit the code comes from, and whether the work tree differs from it (None outside git)."""
+    """The commit the code comes from, and whether its code or params differ from it (None outside git)."""
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
@@ -436,7 +440,9 @@ def git_commit() -> dict[str, Any]:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    # Only what defines a run: DVC rewrites dvc.lock, and removes the git-tracked metrics and
+    # plots, before a stage runs, so the whole work tree is always "changed" under dvc repro.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *DEFINING_FILES) if commit else None
     return {"commit": commit, "uncommitted_changes": bool(status) if status is not None else None}
 
 

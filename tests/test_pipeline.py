@@ -707,3 +707,18 @@ def test_an_unknown_key_in_any_section_or_an_unknown_section_fails_dvc_repro(bas
     params_file.write_text(original)
     assert repo.repro() == []  # failed runs recorded nothing: what is recorded is what the params say again
     assert "up to date" in repo.run("dvc", "status").stdout
+
+
+def test_provenance_flags_changed_code_or_params_not_what_dvc_rewrites(baseline: Baseline, tmp_path: Path):
+    from mnist_early_stopping.network import read_provenance
+
+    repo = own_copy(baseline.repo, tmp_path)  # everything committed, the git-tracked metrics and plots included
+    commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
+    # DVC removes train's git-tracked metrics before running it: the work tree differs, the run's inputs do not.
+    assert repo.repro("--force", "--single-item", "train") == ["train"]
+    record = read_provenance(repo.path / "models/best")
+    assert record is not None and (record["commit"], record["uncommitted_changes"]) == (commit, False)
+    write_params(repo.path, {"train": {"patience": 60}})
+    assert "train" in repo.repro("--single-item", "train")
+    record = read_provenance(repo.path / "models/best")
+    assert record is not None and record["uncommitted_changes"] is True
