@@ -14,6 +14,7 @@ was classified, 1 when any input (or the network) failed, 2 for bad usage;
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -108,13 +109,24 @@ def read_all(items: list[Item], save_dir: Path | None) -> None:
             report(item.file, item.error)
         elif save_dir is not None:
             save_preprocessed(item, save_dir / f"{position:05d}-{Path(item.file).stem}.png")
+            if item.error is not None:
+                report(item.file, item.error)
 
 
 def save_preprocessed(item: Item, path: Path) -> None:
-    """Write the 28x28 image the network will see; a failure counts against the item."""
+    """Write the 28x28 image the network will see, as a new file; a failure counts against the item.
+
+    A file already there is never overwritten: it may be the user's (or an earlier call's), so the
+    name is refused and the user chooses another folder.
+    """
+    png = io.BytesIO()
+    Image.fromarray(item.image).save(png, format="PNG")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(item.image).save(path)
+        with path.open("xb") as f:  # exclusive: fails if the name exists
+            f.write(png.getvalue())
+    except FileExistsError:
+        item.error = f"not saving the preprocessed image: {path} already exists (use an empty --save-preprocessed folder)"
     except OSError as e:
         item.error = f"cannot write the preprocessed image to {path} ({e.strerror or e})"
         report(item.file, item.error)

@@ -190,6 +190,26 @@ def test_text_output_and_saved_preprocessed_images(
     np.testing.assert_array_equal(seen, images.load(tmp_path / "one.jpg"))
 
 
+def test_saving_preprocessed_images_never_overwrites_a_file(
+    tmp_path: Path, fake_network: FakeNetwork, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_digit(tmp_path / "seven.png")
+    write_digit(tmp_path / "one.jpg", box=(60, 10, 80, 150))
+    (tmp_path / "seen").mkdir()
+    (tmp_path / "seen" / "00001-seven.png").write_bytes(b"the user's own file")
+    status = predict.main(["seven.png", "one.jpg", "--save-preprocessed", "seen"])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"{PREFIX}seven.png: not saving the preprocessed image: seen/00001-seven.png already exists "
+        "(use an empty --save-preprocessed folder)"
+    ]
+    assert (tmp_path / "seen" / "00001-seven.png").read_bytes() == b"the user's own file"
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == ["one.jpg"]  # the other is still classified
+    assert (tmp_path / "seen" / "00002-one.png").is_file()
+
+
 def test_info_prints_what_exists_and_says_what_is_missing(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
