@@ -126,10 +126,11 @@ def save_preprocessed(item: Item, path: Path) -> None:
         with path.open("xb") as f:  # exclusive: fails if the name exists
             f.write(png.getvalue())
     except FileExistsError:
-        item.error = f"not saving the preprocessed image: {path} already exists (use an empty --save-preprocessed folder)"
+        item.error = (
+            f"not saving the preprocessed image: {path} already exists (use an empty --save-preprocessed folder)"
+        )
     except OSError as e:
         item.error = f"cannot write the preprocessed image to {path} ({e.strerror or e})"
-        report(item.file, item.error)
 
 
 def load_model(path: Path, batch_size: int) -> Predictor | None:
