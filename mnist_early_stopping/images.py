@@ -15,11 +15,14 @@ mass at (14, 14).
 from __future__ import annotations
 
 import math
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mnist_early_stopping.cli import first_line
 
 FIELD = 28
 BOX = 20
@@ -35,6 +38,10 @@ INK_FRACTION = 0.3
 # Contrast below this fraction of the strongest ink is noise and becomes black, as MNIST's background is.
 NOISE_FRACTION = 0.1
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+# Bounds on what is decoded, checked from the header first: a picture of one digit is far smaller,
+# and a thin tall "1" (20 x 2000) stays well inside them.
+MAX_SIDE = 20_000
+MAX_PIXELS = 50_000_000
 
 
 class ImageError(Exception):
@@ -52,6 +59,12 @@ def open_image(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                width, height = img.size
+                if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+                    raise ImageError(
+                        f"{width} x {height} pixels is too large for a picture of one digit (at most {MAX_SIDE} "
+                        f"on a side and {MAX_PIXELS // 1_000_000} million in all); crop or shrink it"
+                    )
                 img.load()  # decode now: a truncated file fails here, not later
                 return ImageOps.exif_transpose(img)
     except FileNotFoundError:
@@ -64,8 +77,11 @@ def open_image(path: Path) -> Image.Image:
         raise ImageError("not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("too many pixels to be a picture of one digit; crop or shrink it") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"cannot decode the image, the file may be truncated or corrupt ({e})") from None
+    except MemoryError:
+        raise ImageError("too large to decode in memory; crop or shrink it") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error) as e:
+        # Pillow's decoders raise all of these on damaged files.
+        raise ImageError(f"cannot decode the image, the file may be truncated or corrupt ({first_line(e)})") from None
 
 
 def preprocess(img: Image.Image) -> np.ndarray:
@@ -105,6 +121,8 @@ def backdrop(grey: np.ndarray, alpha: np.ndarray) -> float:
 def _high_depth_grey(img: Image.Image) -> np.ndarray:
     """Grey levels in [0, 1] of a 16-bit, 32-bit integer or float single-channel image."""
     values = np.asarray(img, np.float32)
+    if not np.isfinite(values).all():
+        raise ImageError("holds pixel values that are not numbers (NaN or infinite); save it without them")
     if img.mode in _SIXTEEN_BIT:
         full = 65535.0
     else:  # "I" holds 8- or 16-bit data; "F" usually [0, 1] or [0, 255]

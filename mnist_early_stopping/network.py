@@ -95,5 +95,5 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
             with zipfile.ZipFile(path) as archive:
                 return json.loads(archive.read(PROVENANCE_NAME))
         return json.loads((path / PROVENANCE_DIR / PROVENANCE_NAME).read_text(encoding="utf-8"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    except (OSError, KeyError, ValueError, RecursionError, zipfile.BadZipFile):
         return None

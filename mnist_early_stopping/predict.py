@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,12 @@ import numpy as np
 from PIL import Image
 
 from mnist_early_stopping import images
+from mnist_early_stopping.cli import first_line
 from mnist_early_stopping.layout import BEST_MODEL, NUM_CLASSES
 
 PROG = "mnist-predict"
 EXIT_OK, EXIT_FAILED = 0, 1  # argparse exits 2 on bad usage
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell tool killed by SIGPIPE reports
 # Images per forward pass and per chunk of output; only the 28x28 results are kept between the two passes.
 BATCH_SIZE = 256
 # uint8 images (N, 28, 28) -> probabilities (N, 10), as network.load_network returns.
@@ -82,7 +85,7 @@ def expand(paths: list[str]) -> list[Item]:
     for given in paths:
         path = Path(given)
         if not path.is_dir():
-            items.append(Item(given, error=None if path.exists() else "no such file or folder"))
+            items.append(Item(given, error=None if path.is_file() else not_a_file(path)))
             continue
         # Hidden files (.DS_Store, ._x) are the system's, not the user's images; subfolders are not entered.
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -90,6 +93,13 @@ def expand(paths: list[str]) -> list[Item]:
             items.append(Item(given, error="a folder with no files in it"))
         items.extend(Item(str(f)) for f in files)
     return items
+
+
+def not_a_file(path: Path) -> str:
+    """Why a path that is neither a folder nor a regular file is not read (a FIFO or a device would block or never end)."""
+    if not path.exists():
+        return "no such file or folder"
+    return "not a regular file or a folder (a pipe, socket or device is never read)"
 
 
 def report(file: str, problem: str) -> None:
@@ -211,13 +221,20 @@ def provenance(model: Path) -> dict[str, dict[str, Any]]:
         "params": {"path": str(params_path), "present": params_path.is_file()},
     }
     recorded = read_provenance(model) if present else None
-    if recorded is not None:
+    if recorded is not None and not isinstance(recorded, dict):
+        sections["provenance"]["problem"] = "the recorded provenance is not a JSON object"
+    elif recorded is not None:
         sections["provenance"] = {"path": str(model), "present": True, "values": recorded}
     if sections["params"]["present"]:
         try:
-            sections["params"]["values"] = json.loads(params_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            sections["params"].update(present=False, problem=f"unreadable ({e})")
+            values = json.loads(params_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            sections["params"].update(present=False, problem=f"unreadable ({first_line(e, with_type=True)})")
+        else:
+            if isinstance(values, dict):
+                sections["params"]["values"] = values
+            else:
+                sections["params"].update(present=False, problem="not a JSON object")
     return sections
 
 
@@ -253,7 +270,13 @@ def main(argv: list[str] | None = None) -> int:
             for item in items:
                 item.error = item.error or "not classified: the network could not be loaded"
     results = classified(items, network, args.batch_size)
-    write_results(results, args.top, args.json, sys.stdout)
+    try:
+        write_results(results, args.top, args.json, sys.stdout)
+    except BrokenPipeError:
+        # The reader is gone (`mnist-predict dir | head -1`): stop quietly, as the shell's tools do.
+        # Python would flush stdout again at exit and fail there: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return EXIT_FAILED if any(item.error for item in items) else EXIT_OK
 
 

@@ -305,3 +305,99 @@ def test_a_broken_model_is_one_line_and_the_images_are_still_checked(tmp_path: P
     lines = error_lines(result.stderr)
     assert lines[0] == f"{PREFIX}notes.txt: not an image Pillow can read"
     assert lines[1].startswith(f"{PREFIX}broken is a broken SavedModel (") and len(lines) == 2
+
+
+def classify(tmp_path: Path, args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str], list[str]]:
+    """mnist-predict in process (cwd tmp_path): its status, stdout lines and stderr lines."""
+    status = predict.main(args)
+    captured = capsys.readouterr()
+    return status, captured.out.splitlines(), captured.err.splitlines()
+
+
+def test_pictures_with_nan_too_large_or_not_regular_files_cost_one_line_each(
+    tmp_path: Path, fake_network: FakeNetwork, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_digit(tmp_path / "seven.png")
+    values = np.zeros((40, 40), np.float32)
+    values[10:30, 18:22] = 1.0
+    values[0, 0] = np.nan
+    Image.fromarray(values, mode="F").save(tmp_path / "nan.tiff")
+    Image.new("L", (images.MAX_SIDE + 1, 1), 255).save(tmp_path / "line.png")
+    os.mkfifo(tmp_path / "pipe")  # reading it would block forever
+    tall = Image.new("L", (20, 2000), 255)  # a thin, tall "1": a real picture, inside the bounds
+    ImageDraw.Draw(tall).line([(10, 50), (10, 1950)], fill=0, width=6)
+    tall.save(tmp_path / "tall-one.png")
+    status, out, err = classify(tmp_path, ["nan.tiff", "seven.png", "line.png", "pipe", "tall-one.png"], capsys)
+    assert status == 1
+    assert [line.split(":")[0] for line in out] == ["seven.png", "tall-one.png"]
+    assert len(err) == 3, err
+    assert err[0].startswith(f"{PREFIX}nan.tiff: holds pixel values that are not numbers")
+    assert err[1].startswith(f"{PREFIX}line.png: {images.MAX_SIDE + 1} x 1 pixels is too large")
+    assert err[2] == f"{PREFIX}pipe: not a regular file or a folder (a pipe, socket or device is never read)"
+
+
+def test_info_on_malformed_records_is_one_line_each(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = tmp_path / "models" / "best"
+    (model / "assets.extra").mkdir(parents=True)
+    (model / "saved_model.pb").write_bytes(b"")
+    (model / "assets.extra" / "provenance.json").write_text("[1, 2]")
+    (model.parent / "model.json").write_text("[" * 100_000 + "]" * 100_000)  # nested past Python's recursion limit
+    assert predict.main(["--info", "--model", str(model)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"provenance: missing ({model}; the recorded provenance is not a JSON object)"
+    assert lines[2].startswith(f"params: missing ({model.parent / 'model.json'}; unreadable (RecursionError")
+    (model.parent / "model.json").write_text('"a string"')
+    assert predict.main(["--info", "--model", str(model)]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == f"params: missing ({model.parent / 'model.json'}; not a JSON object)"
+
+
+def test_randomly_damaged_pictures_cost_one_line_each_and_never_a_traceback(
+    tmp_path: Path, fake_network: FakeNetwork, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(7)
+    originals = [write_digit(tmp_path / f"digit.{suffix}").read_bytes() for suffix in ("png", "jpg")]
+    names = []
+    for i in range(300):
+        data = bytearray(originals[i % 2])
+        if rng.random() < 0.5:
+            data = data[: int(rng.integers(0, len(data)))]  # truncated
+        else:
+            for position in rng.integers(0, len(data), int(rng.integers(1, 20))):
+                data[position] = int(rng.integers(0, 256))  # flipped bytes
+        name = f"in/{i:03d}.{'png' if i % 2 == 0 else 'jpg'}"
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(bytes(data))
+        names.append(name)
+    status, out, err = classify(tmp_path, ["in"], capsys)
+    classified_names = [line.split(": ")[0] for line in out]
+    failed_names = [line[len(PREFIX):].split(": ")[0] for line in err]
+    assert all(line.startswith(PREFIX) for line in err), err
+    assert sorted(classified_names + failed_names) == names, "exactly one line per input"
+    assert status == (1 if failed_names else 0)
+    assert failed_names and classified_names, "the damage should leave some readable and some not"
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    digit = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(digit).line([(14, 4), (14, 24)], fill=255, width=3)
+    for i in range(3000):  # more lines than a pipe holds, so the writer meets the closed end
+        digit.save(folder / f"{i:04d}.png")
+    code = (
+        "import sys\nimport numpy as np\nfrom mnist_early_stopping import predict\n"
+        "predict.load_model = lambda path, batch_size: lambda batch: np.full((len(batch), 10), 0.1, np.float32)\n"
+        "sys.exit(predict.main(['in']))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) in (0, 141), err
+    assert first.startswith("in/0000.png: ") and err == "", err
