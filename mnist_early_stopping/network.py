@@ -52,7 +52,21 @@ def load_network(path: Path, batch_size: int) -> Network:
         raise NetworkError(f"{path} is a broken SavedModel ({first_line(e)})") from None
     if not hasattr(loaded, "serve"):
         raise NetworkError(f"{path} is a SavedModel without a `serve` endpoint; export it with this project")
-    return Network(lambda images: loaded.serve(images), batch_size)
+    takes = [f.structured_input_signature[0] for f in getattr(loaded.serve, "concrete_functions", [])]
+    wanted = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)
+    if takes and not any(len(args) == 1 and args[0].is_compatible_with(wanted) for args in takes):
+        shown = "; ".join(", ".join(f"{a.dtype.name} {tuple(a.shape)}" for a in args) for args in takes)
+        raise NetworkError(f"{path}'s `serve` takes {shown}, not float32 images (N, 28, 28): it is not a network "
+                           "of this project's kind")
+    return checked_network(path, lambda images: loaded.serve(images), batch_size)
+
+
+def checked_network(path: Path, forward: Callable[[Any], Any], batch_size: int) -> Network:
+    """The predictor, or a NetworkError in one line if the network cannot take (N, 28, 28) images."""
+    try:
+        return Network(forward, batch_size)
+    except (ValueError, TypeError) as e:  # TensorFlow's own words on a shape or dtype it cannot take
+        raise NetworkError(f"{path} does not take float32 images (N, 28, 28) ({first_line(e)})") from None
 
 
 def load_keras_network(path: Path, batch_size: int) -> Network:
@@ -74,7 +88,7 @@ def load_keras_network(path: Path, batch_size: int) -> Network:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as e:  # a bad archive fails in many ways: zipfile, JSON, h5py, a refused lambda...
         raise NetworkError(f"{path} is not a loadable .keras file ({first_line(e)})") from None
-    return Network(lambda images: model(images, training=False), batch_size)
+    return checked_network(path, lambda images: model(images, training=False), batch_size)
 
 
 def load_any(path: Path, batch_size: int) -> Network:

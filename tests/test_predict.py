@@ -401,3 +401,24 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=300) in (0, 141), err
     assert first.startswith("in/0000.png: ") and err == "", err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(784,), (28, 28, 1)], ids=["flat", "channels"])
+def test_a_network_of_another_input_shape_is_refused_in_one_line(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    write_digit(tmp_path / "seven.png")
+    script = (
+        "import keras\n"
+        f"model = keras.Sequential([keras.Input({shape!r}), keras.layers.Flatten(), keras.layers.Dense(10)])\n"
+        "model.export('other', verbose=False)\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    made = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert made.returncode == 0, made.stderr
+    result = run_cli(["seven.png", "--model", "other"], tmp_path)
+    assert result.returncode == 1
+    lines = error_lines(result.stderr)
+    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{PREFIX}other's `serve` takes float32 (None, {', '.join(map(str, shape))}), not "
+                               "float32 images (N, 28, 28)"), lines[0]
