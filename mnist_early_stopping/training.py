@@ -151,24 +151,44 @@ class LoopState:
 Sink = Callable[[Row], None]
 
 
-class ProgressSink:
-    """The tutorial's log line per evaluation: a tqdm bar on a terminal, plain lines in a pipe or under DVC."""
+def progress_note(iteration: int, best_iteration: int, patience: int, max_iterations: int,
+                  rate: float | None) -> str:
+    """The bar's note: the best so far, the earliest the rule can stop (best + patience) and how soon."""
+    earliest = min(best_iteration + patience, max_iterations)
+    eta = f"in {timedelta(seconds=round((earliest - iteration) / rate))}" if rate else "in ?"
+    best = f"best at {best_iteration}" if best_iteration else "no best yet"
+    return f"{best}; stops at {earliest} at the earliest, {eta}"
 
-    def __init__(self, start_iteration: int) -> None:
-        self.last = start_iteration
+
+class ProgressSink:
+    """The tutorial's log line per evaluation, under a progress bar on a terminal (under `dvc repro` too,
+    which hands the stage its terminal); plain lines in a pipe or CI.
+
+    The bar shows the iteration out of train.max_iterations with tqdm's ETA to it, and the earliest
+    stop the rule allows (best + patience) with the ETA to that.
+    """
+
+    def __init__(self, start_iteration: int, best_iteration: int, cfg: params.TrainParams) -> None:
+        self.last, self.best, self.cfg = start_iteration, best_iteration, cfg
         self.bar = None
         if sys.stdout.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(unit="it", leave=False, dynamic_ncols=True, initial=start_iteration)
+            self.bar = tqdm(unit="it", leave=False, dynamic_ncols=True, initial=start_iteration,
+                            total=cfg.max_iterations, desc="train")
 
     def __call__(self, row: Row) -> None:
         line = log_line(row["iteration"], row["train_batch_accuracy"], row["validation_accuracy"], row["improved"])
+        if row["improved"]:
+            self.best = row["iteration"]
         if self.bar is None:
             print(line, flush=True)
             return
         self.bar.update(row["iteration"] - self.last)
         self.bar.write(line)
+        rate = self.bar.format_dict.get("rate")
+        self.bar.set_postfix_str(progress_note(row["iteration"], self.best, self.cfg.patience,
+                                               self.cfg.max_iterations, rate))
         self.last = row["iteration"]
 
     def close(self) -> None:
@@ -327,7 +347,7 @@ def run(
         runner.trace()
 
     start_iteration = runner.iteration
-    progress = ProgressSink(start_iteration) if chief else None
+    progress = ProgressSink(start_iteration, state.stopper.best_iteration, cfg) if chief else None
     with timings.phase("set up"):  # DVCLive's import and its first files
         row_sinks = sinks(runner, state, progress)
     stop = StopRequest()

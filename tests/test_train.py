@@ -22,6 +22,14 @@ def test_log_line_matches_the_tutorial():
     assert log_line(100, 0.844, 0.852, False) == "Iter:    100, Train-Batch Accuracy:  84.4%, Validation Acc:  85.2%"
 
 
+def test_progress_note_gives_the_best_and_the_earliest_stop_with_its_eta():
+    from mnist_early_stopping.training import progress_note
+
+    assert progress_note(300, 200, 1000, 10000, 50.0) == "best at 200; stops at 1200 at the earliest, in 0:00:18"
+    assert progress_note(9500, 9000, 1000, 10000, 100.0) == "best at 9000; stops at 10000 at the earliest, in 0:00:05"
+    assert progress_note(100, 0, 1000, 10000, None) == "no best yet; stops at 1000 at the earliest, in ?"
+
+
 def test_cpu_description_names_the_isa_limit_and_the_thread_count(monkeypatch: pytest.MonkeyPatch):
     # Both change float32 results, so metrics/train.json and the provenance record them.
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
