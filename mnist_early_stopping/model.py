@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 from keras import layers
@@ -51,10 +53,9 @@ def conv_kernels(model: keras.Model) -> dict[str, np.ndarray]:
 
 def describe(cfg: ModelParams) -> dict[str, object]:
     """The network's defining arguments, stored with checkpoints and models."""
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}  # every key of the section
     return {
-        "conv_filters": list(cfg.conv_filters),
-        "conv_kernel_size": cfg.conv_kernel_size,
-        "dense_units": list(cfg.dense_units),
+        **{name: list(value) if isinstance(value, tuple) else value for name, value in fields.items()},
         "input": f"float32 images (N, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}) in [0, 1]",
         "output": f"float32 class probabilities (N, {NUM_CLASSES})",
     }

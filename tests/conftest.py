@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -50,16 +51,38 @@ def tiny_mirror(tmp_path: Path) -> TinyMirror:
     return mirror, write_mirror(mirror)
 
 
+def keys(text: str) -> object:
+    """The sections and keys of a params.yaml text, without the values."""
+    raw = yaml.safe_load(text)
+    return {s: sorted(v) if isinstance(v, dict) else None for s, v in raw.items()} if isinstance(raw, dict) else None
+
+
 @functools.cache
 def committed_params() -> str:
-    """params.yaml as committed (`git show HEAD:params.yaml`), never as `dvc exp run -S` or an edit left the
-    workspace's file: the tests' defaults. The workspace's file only where there is no git checkout."""
+    """The tests' defaults: params.yaml as committed (`git show HEAD:params.yaml`), never the values
+    `dvc exp run -S` or an edit left in the workspace's file. The workspace's file where its keys differ
+    from the commit's (a key being added or removed, not yet committed) or where there is no git checkout.
+    """
+    workspace = (ROOT / "params.yaml").read_text()
     try:
         shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True,
                                timeout=60)
     except OSError:
-        shown = None
-    return shown.stdout if shown is not None and shown.returncode == 0 else (ROOT / "params.yaml").read_text()
+        return workspace
+    if shown.returncode != 0 or keys(shown.stdout) != keys(workspace):
+        return workspace
+    return shown.stdout
+
+
+def params_with(section: str, **values: Any) -> Any:
+    """One params section as the stages parse it: the committed defaults with `values` replaced.
+
+    Tests build params this way, so a key added to a section needs no test edit.
+    """
+    from mnist_early_stopping import params
+
+    raw = {**yaml.safe_load(committed_params())[section], **values}
+    return params.parse_section(section, raw, params.SECTIONS[section])
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pytest
 from mnist_early_stopping.cli import StageError
 from mnist_early_stopping import export
 from mnist_early_stopping.layout import BEST_MODEL, EXPORT_METRICS, TFLITE_MODEL, split_path
-from tests.conftest import copy_project, run_stage
+from tests.conftest import copy_project, params_with, run_stage
 from tests.tiny_mnist import digit_images
 
 
@@ -125,10 +125,9 @@ TEST_IMAGES = 300
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """(project with models/best and a test split, the Keras model that models/best was exported from)."""
     from mnist_early_stopping.model import build_model
-    from mnist_early_stopping.params import ModelParams
 
     project = copy_project(tmp_path_factory.mktemp("export") / "project")
-    model = build_model(ModelParams((4, 8), 5, (16,)), seed=0)
+    model = build_model(params_with("model", conv_filters=[4, 8], conv_kernel_size=5, dense_units=[16]), seed=0)
     model.export(str(project / BEST_MODEL), format="tf_saved_model", verbose=False)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, TEST_IMAGES).astype(np.uint8)
@@ -206,10 +205,9 @@ def test_export_refuses_a_tflite_model_of_another_network(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from mnist_early_stopping.model import build_model
-    from mnist_early_stopping.params import ModelParams
 
     source, _ = tiny
-    other = build_model(ModelParams((4, 8), 5, (16,)), seed=1)
+    other = build_model(params_with("model", conv_filters=[4, 8], conv_kernel_size=5, dense_units=[16]), seed=1)
     other.export(str(tmp_path / "other"), format="tf_saved_model", verbose=False)
     other_tflite = export.convert(tmp_path / "other")
     # As if the converter had changed the network: the check must compare against models/best.

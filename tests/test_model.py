@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnist_early_stopping.params import ModelParams
+from tests.conftest import params_with
 
 keras = pytest.importorskip("keras")
 
 from mnist_early_stopping.model import build_model, conv_kernels  # noqa: E402
 
-TUTORIAL = ModelParams(conv_filters=(16, 36), conv_kernel_size=5, dense_units=(128,))
+TUTORIAL = params_with("model", conv_filters=[16, 36], conv_kernel_size=5, dense_units=[128])
 
 
 def test_tutorial_network_shape_and_parameter_count():
@@ -23,7 +23,7 @@ def test_tutorial_network_shape_and_parameter_count():
 
 
 def test_configurable_layers():
-    cfg = ModelParams(conv_filters=(8, 8, 8), conv_kernel_size=3, dense_units=(32, 16))
+    cfg = params_with("model", conv_filters=[8, 8, 8], conv_kernel_size=3, dense_units=[32, 16])
     model = build_model(cfg, seed=1)
     # 3x3 convs: 1*9*8+8, 8*9*8+8 (x2); flatten 4*4*8=128 -> 32 -> 16 -> 10
     expected = (80 + 584 * 2) + (128 * 32 + 32) + (32 * 16 + 16) + (16 * 10 + 10)

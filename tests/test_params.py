@@ -13,7 +13,7 @@ import yaml
 
 from mnist_early_stopping import params
 from mnist_early_stopping.cli import StageError
-from mnist_early_stopping.params import SECTIONS, DownloadParams, ModelParams, SplitParams, TrainParams
+from mnist_early_stopping.params import SECTIONS, DownloadParams, SplitParams, TrainParams
 from tests.conftest import TinyMirror, committed_params, run_stage, stage_env, write_params
 
 Raw = dict[str, Any]
@@ -28,8 +28,8 @@ def test_default_params_parse(committed_params_file: Path) -> None:
     assert [type(p) for p in parsed] == list(SECTIONS.values())
     download, split, model, train, evaluate, plots = parsed
     assert isinstance(download, DownloadParams) and download.mirrors and download.retries >= 1
-    assert split == SplitParams(validation_size=5000, method="head", seed=42)
-    assert model == ModelParams(conv_filters=(16, 36), conv_kernel_size=5, dense_units=(128,))
+    assert (split.validation_size, split.method, split.seed) == (5000, "head", 42)  # the tutorial's
+    assert (model.conv_filters, model.conv_kernel_size, model.dense_units) == ((16, 36), 5, (128,))
     assert isinstance(train, TrainParams)
     assert (train.learning_rate, train.batch_size, train.eval_every) == (1e-4, 64, 100)
     assert (train.patience, train.max_iterations, train.monitor) == (1000, 10000, "validation_accuracy")

@@ -411,11 +411,7 @@ def start_killable(repo: Repo, *args: str) -> subprocess.Popen:
 
 def kill_group_after_checkpoint(repo: Repo, proc: subprocess.Popen) -> None:
     """SIGKILL the command and its stage as soon as a resumable checkpoint is on disk."""
-    deadline = time.monotonic() + 300
-    while not list((repo.path / "checkpoints/train").glob("*/ckpt-*.json")):
-        assert proc.poll() is None, "the run finished before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+    wait_for_checkpoint(repo, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
 
@@ -556,7 +552,7 @@ def wait_for_checkpoint(repo: Repo, proc: subprocess.Popen) -> None:
     """Return once the running training has saved a resumable checkpoint (it is then mid-run)."""
     deadline = time.monotonic() + 300
     while not list((repo.path / "checkpoints/train").glob("*/ckpt-*.json")):
-        assert proc.poll() is None, "the run finished before its input could be edited"
+        assert proc.poll() is None, "the run finished before it could be caught mid-run"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
 

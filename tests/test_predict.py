@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mnist_early_stopping import images, predict
+from tests.conftest import params_with
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "mnist-predict: "
@@ -243,9 +244,7 @@ def test_info_prints_what_exists_and_says_what_is_missing(
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained network exported as the train stage does (models/best with models/model.json beside)."""
     from mnist_early_stopping.model import build_model, describe
-    from mnist_early_stopping.params import ModelParams
-
-    cfg = ModelParams((4, 8), 5, (16,))
+    cfg = params_with("model", conv_filters=[4, 8], conv_kernel_size=5, dense_units=[16])
     path = tmp_path_factory.mktemp("project") / "models" / "best"
     build_model(cfg, seed=0).export(str(path), format="tf_saved_model", verbose=False)
     (path.parent / "model.json").write_text(json.dumps(describe(cfg)))

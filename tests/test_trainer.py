@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_early_stopping.params import ModelParams, TrainParams
+from tests.conftest import params_with
 from tests.tiny_mnist import make_arrays
 
 pytestmark = pytest.mark.slow  # TensorFlow in-process: seconds per test
 tf = pytest.importorskip("tensorflow")
 from mnist_early_stopping import trainer as trainer_module  # noqa: E402
 
-MODEL = ModelParams(conv_filters=(4, 8), conv_kernel_size=5, dense_units=(16,))
-TRAIN = TrainParams(
-    learning_rate=0.002, batch_size=32, max_iterations=200, eval_every=20, patience=100, min_delta=0.0,
+MODEL = params_with("model", conv_filters=[4, 8], conv_kernel_size=5, dense_units=[16])
+TRAIN = params_with(
+    "train", learning_rate=0.002, batch_size=32, max_iterations=200, eval_every=20, patience=100, min_delta=0.0,
     monitor="validation_accuracy", seed=42, checkpoint_every=40, keep_checkpoints=2, precision="float32",
     distribute="none",
 )
