@@ -82,23 +82,20 @@ def verify_inputs() -> None:
 
 def usage(stage: str) -> str:
     """What `python -m stages.<stage> --help` prints: the stage's docstring, then its entry in dvc.yaml."""
-    import yaml
+    from mnist_early_stopping import run_inputs
 
     doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
     lines = [f"usage: python -m stages.{stage}   (or: dvc repro {stage}, which runs it when its inputs changed)", ""]
     lines += [doc, ""] if doc else []
-    try:
-        entry = yaml.safe_load(open("dvc.yaml", encoding="utf-8"))["stages"][stage]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+    found = run_inputs.entry(stage)
+    if found is None:
         return "\n".join(lines + ["(run it from the project root, where dvc.yaml is, to see its inputs and outputs)"])
-    name = lambda item: item if isinstance(item, str) else next(iter(item))  # noqa: E731
-    sections = [name(p) for p in entry.get("params", [])]
-    data = [name(d) for d in entry.get("deps", []) if not name(d).startswith(("stages/", "mnist_early_stopping/"))]
-    outputs = [name(o) for key in ("outs", "metrics", "plots") for o in entry.get(key, [])]
+    data = [d for d in found["deps"] if not d.startswith(("stages/", "mnist_early_stopping/"))]
+    sections = ["all of params.yaml" if p == "params.yaml" else p for p in found["params"]]
     lines += [
-        f"params:  {', '.join('all of params.yaml' if s == 'params.yaml' else s for s in sections) or 'none'}",
+        f"params:  {', '.join(sections) or 'none'}",
         f"reads:   {', '.join(data) or 'nothing but params.yaml'}",
-        f"writes:  {', '.join(outputs) or 'nothing'}",
+        f"writes:  {', '.join(found['outputs']) or 'nothing'}",
         "It takes no arguments: every setting is in params.yaml.",
     ]
     return "\n".join(lines)

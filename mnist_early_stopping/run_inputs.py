@@ -33,15 +33,26 @@ class Inputs:
     files: dict[str, str]
 
 
+def entry(stage: str) -> dict[str, list[str]] | None:
+    """The params, deps and outputs (outs, metrics, plots) dvc.yaml declares for `stage`, by name; None if none."""
+    try:
+        found = yaml.safe_load(DVC_FILE.read_text(encoding="utf-8"))["stages"][stage]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None  # not run as a stage of this pipeline
+    name = lambda item: item if isinstance(item, str) else next(iter(item))  # noqa: E731
+    return {
+        "params": [name(p) for p in found.get("params", [])],
+        "deps": [name(d) for d in found.get("deps", [])],
+        "outputs": [name(o) for key in ("outs", "metrics", "plots") for o in found.get(key, [])],
+    }
+
+
 def declared(stage: str) -> tuple[list[str], list[str]] | None:
     """The params sections (all of params.yaml as "") and deps dvc.yaml declares for `stage`, if it does."""
-    try:
-        entry = yaml.safe_load(DVC_FILE.read_text(encoding="utf-8"))["stages"][stage]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None  # not run as a stage of this pipeline: nothing to compare with
-    name = lambda item: item if isinstance(item, str) else next(iter(item))  # noqa: E731
-    sections = ["" if name(p) == str(PARAMS_FILE) else name(p) for p in entry.get("params", [])]
-    return sections, [name(d) for d in entry.get("deps", [])]
+    found = entry(stage)
+    if found is None:
+        return None  # nothing to compare with
+    return ["" if p == str(PARAMS_FILE) else p for p in found["params"]], found["deps"]
 
 
 def _digest(path: Path) -> str:
