@@ -123,6 +123,16 @@ def stage_env(tiny_mirror: TinyMirror) -> dict[str, str]:
     return env
 
 
+def staged_project(base: Path, stages: tuple[str, ...]) -> tuple[Path, dict[str, str]]:
+    """A tiny project copy in base/project (its mirror in base/mirror) after running `stages`, and their env."""
+    mirror = base / "mirror"
+    env = stage_env((mirror, write_mirror(mirror)))
+    project = copy_project(base / "project")
+    for stage in stages:
+        run_stage(project, stage, env)
+    return project, env
+
+
 def run_stage(project: Path, stage: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
     """Run `python -m stages.<stage>` in the project copy."""
     result = subprocess.run(

@@ -15,8 +15,7 @@ import yaml
 
 from mnist_early_stopping.cli import StageError
 from mnist_early_stopping import evaluation as evaluate
-from tests.conftest import copy_project, run_stage, stage_env, write_params
-from tests.tiny_mnist import write_mirror
+from tests.conftest import run_stage, staged_project, write_params
 
 # Six images of classes 0-2; predicted 0, 1, 1, 1, 2, 0. Hand-computed below.
 LABELS = np.array([0, 0, 1, 1, 2, 2])
@@ -173,12 +172,7 @@ def test_predictions_csv_rows() -> None:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
     """(project, env, evaluate's stdout) after download, split, train and evaluate on tiny data."""
-    tmp = tmp_path_factory.mktemp("evaluate")
-    mirror = tmp / "mirror"
-    env = stage_env((mirror, write_mirror(mirror)))
-    project = copy_project(tmp / "project")
-    for stage in ("download", "split", "train"):
-        run_stage(project, stage, env)
+    project, env = staged_project(tmp_path_factory.mktemp("evaluate"), ("download", "split", "train"))
     return project, env, run_stage(project, "evaluate", env).stdout
 
 

@@ -20,8 +20,7 @@ import pytest
 import yaml
 
 from mnist_early_stopping.atomic import LEFTOVER
-from tests.conftest import copy_project, run_stage, stage_env
-from tests.tiny_mnist import write_mirror
+from tests.conftest import run_stage, staged_project
 
 STAGES = ("download", "split", "train", "evaluate", "plots", "export")
 DISK_SIZE = "64m"
@@ -69,13 +68,7 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A tiny project on the ordinary disk after every stage has run, and the stages' environment."""
-    tmp = tmp_path_factory.mktemp("full_disk")
-    mirror = tmp / "mirror"
-    env = stage_env((mirror, write_mirror(mirror)))
-    project = copy_project(tmp / "project")
-    for stage in STAGES:
-        run_stage(project, stage, env)
-    return project, env
+    return staged_project(tmp_path_factory.mktemp("full_disk"), tuple(STAGES))
 
 
 def fill(disk: Path, leave: int) -> None:

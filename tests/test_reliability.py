@@ -21,7 +21,7 @@ import yaml
 from mnist_early_stopping import atomic, data, evaluation, figures
 from mnist_early_stopping.cli import StageError
 from mnist_early_stopping.digests import sha256_file, sha256_tree
-from tests.conftest import ROOT, TinyMirror, copy_project, run_stage, stage_env, write_params
+from tests.conftest import ROOT, TinyMirror, copy_project, run_stage, stage_env, staged_project, write_params
 from tests.test_plots import write_inputs
 from tests.tiny_mnist import write_mirror
 
@@ -489,7 +489,7 @@ def test_a_checkpoint_directory_that_cannot_be_written_is_one_line(
 ) -> None:
     # In-process, with the OS error injected: chmod does not stop root, who may run the tests.
     tf = pytest.importorskip("tensorflow")
-    import keras
+    import keras  # noqa: F401  (as the stage imports it, before the training module)
 
     from mnist_early_stopping import training
     from tests.test_trainer import MODEL, TRAIN, tiny_data
@@ -618,12 +618,7 @@ def test_train_stage_with_a_read_only_checkpoint_directory(project: Path, tiny_m
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A tiny project trained over what killed runs left in models/, and wrong types at two outputs."""
-    tmp = tmp_path_factory.mktemp("reliability")
-    mirror = tmp / "mirror"
-    env = stage_env((mirror, write_mirror(mirror)))
-    project = copy_project(tmp / "project")
-    run_stage(project, "download", env)
-    run_stage(project, "split", env)
+    project, env = staged_project(tmp_path_factory.mktemp("reliability"), ("download", "split"))
     models = project / "models"
     (models / ".final.abc12345.tmp/variables").mkdir(parents=True)
     (models / ".final.abc12345.tmp/saved_model.pb").write_bytes(b"half")
