@@ -66,7 +66,7 @@ def run_predict(folder: Path) -> list[dict]:
 
 def network_digits(images: np.ndarray) -> np.ndarray:
     """The network's digits for the original 28x28 test images."""
-    from mnist_early_stopping.network import load_network
+    from mnist_early_stopping.serving.network import load_network
 
     return load_network(MODEL, COUNT)(images).argmax(axis=1)
 

@@ -1,7 +1,7 @@
 """How long an input edit can still slip past a stage's own check: from its last check to DVC's record.
 
 Each stage checks, as its last step, that its params, code and input files
-are what it started with (mnist_early_stopping/run_inputs.py); DVC hashes the
+are what it started with (mnist_early_stopping/pipeline/run_inputs.py); DVC hashes the
 deps again only after the command has exited. An edit in between is recorded
 as the run's. This runs `dvc repro --single-item STAGE` for each stage named
 (all by default) in the current DVC project and prints, per stage, the time

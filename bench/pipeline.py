@@ -39,14 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from common import ROOT, add_project_option, child_env, copy_project, header, table, verdict
 from step import run_contender
 
 sys.path.insert(0, str(ROOT))
 
-from mnist_early_stopping.layout import PARAMS_FILE, TEST_METRICS, TRAIN_METRICS  # noqa: E402
-from mnist_early_stopping.timings import TIMINGS_ENV  # noqa: E402
+from mnist_early_stopping.pipeline.layout import PARAMS_FILE, TEST_METRICS, TRAIN_METRICS  # noqa: E402
+from mnist_early_stopping.pipeline.timings import TIMINGS_ENV  # noqa: E402
 
 # Targets (issue "Performance", docs/performance.md).
 TARGET_RATE_VS_IDEAL = 0.95

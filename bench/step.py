@@ -35,9 +35,9 @@ from common import ROOT, add_project_option, child_env, header, median_of, table
 
 sys.path.insert(0, str(ROOT))  # the library of this checkout, whichever project is measured
 
-from mnist_early_stopping import params  # noqa: E402  (light: no TensorFlow)
-from mnist_early_stopping.cli import StageError  # noqa: E402
-from mnist_early_stopping.layout import IMAGE_SHAPE, NUM_CLASSES, split_path  # noqa: E402
+from mnist_early_stopping.pipeline import params  # noqa: E402  (light: no TensorFlow)
+from mnist_early_stopping.pipeline.layout import IMAGE_SHAPE, NUM_CLASSES, split_path  # noqa: E402
+from mnist_early_stopping.pipeline.stage import StageError  # noqa: E402
 
 RESULT_MARK = "BENCH-RESULT "
 WARMUP_CHUNKS = 2  # the first chunk traces the graph; the second settles caches and thread pools
@@ -120,7 +120,7 @@ def load_data() -> tuple[tuple[Any, Any], tuple[Any, Any], str]:
     """(train, validation, description): the project's data/split, else random images of MNIST's size."""
     import numpy as np
 
-    from mnist_early_stopping.data import load_split
+    from mnist_early_stopping.data.splits import load_split
 
     if split_path("train").is_file() and split_path("validation").is_file():
         return load_split("train"), load_split("validation"), "data/split"
@@ -196,7 +196,7 @@ def validation_seconds(runner: Any) -> float:
 
 def run_ours(seconds: float, precision: str | None = None, candidate: str | None = None) -> dict[str, Any]:
     """Our Trainer, configured and driven as the stage does: train_until in chunks of train.eval_every."""
-    from mnist_early_stopping import trainer
+    from mnist_early_stopping.training import engine as trainer
 
     model_cfg, cfg = params.load("model", "train")
     if precision:
@@ -234,7 +234,7 @@ def run_keras_fit(seconds: float, precision: str | None = None) -> dict[str, Any
     import keras
     import numpy as np
 
-    from mnist_early_stopping.model import build_model
+    from mnist_early_stopping.training.model import build_model
 
     model_cfg, cfg = params.load("model", "train")
     keras.utils.set_random_seed(cfg.seed)
@@ -299,7 +299,7 @@ def run_torch(seconds: float) -> dict[str, Any]:
 
 
 def torch_model(cfg: params.ModelParams) -> Any:
-    """The network of mnist_early_stopping/model.py in PyTorch (logits out: the loss applies the softmax)."""
+    """The network of mnist_early_stopping/training/model.py in PyTorch (logits out: the loss applies the softmax)."""
     from torch import nn
 
     layers: list[Any] = []

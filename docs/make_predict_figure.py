@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
-from mnist_early_stopping import images  # noqa: E402
+from mnist_early_stopping.serving import images  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent
 EXAMPLE = DOCS / "predict_example.png"

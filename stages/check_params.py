@@ -8,8 +8,8 @@ too, in well under a second: it imports no TensorFlow and writes nothing.
 
 from __future__ import annotations
 
-from mnist_early_stopping import params
-from mnist_early_stopping.cli import run_main, say
+from mnist_early_stopping.pipeline import params
+from mnist_early_stopping.pipeline.stage import run_main, say
 
 
 def main() -> None:

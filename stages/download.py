@@ -10,10 +10,10 @@ Every failure ends with one line saying what to do; never a traceback.
 
 from __future__ import annotations
 
-from mnist_early_stopping import params
-from mnist_early_stopping.cli import StageError, run_main
-from mnist_early_stopping.download import MIRROR_ENV, download_all, mirror_list
-from mnist_early_stopping.layout import RAW_DIR
+from mnist_early_stopping.data.download import MIRROR_ENV, download_all, mirror_list
+from mnist_early_stopping.pipeline import params
+from mnist_early_stopping.pipeline.layout import RAW_DIR
+from mnist_early_stopping.pipeline.stage import StageError, run_main
 
 
 def main() -> None:

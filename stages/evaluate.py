@@ -12,9 +12,9 @@ evaluate.load_from is keras).
 
 from __future__ import annotations
 
-from mnist_early_stopping import params
-from mnist_early_stopping.cli import run_main
-from mnist_early_stopping.evaluation import evaluate
+from mnist_early_stopping.evaluation.evaluate import evaluate
+from mnist_early_stopping.pipeline import params
+from mnist_early_stopping.pipeline.stage import run_main
 
 
 def main() -> None:

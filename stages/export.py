@@ -7,8 +7,8 @@ the same class from both. Reads no params.
 
 from __future__ import annotations
 
-from mnist_early_stopping.cli import run_main
-from mnist_early_stopping.export import export
+from mnist_early_stopping.pipeline.stage import run_main
+from mnist_early_stopping.serving.export import export
 
 
 def main() -> None:

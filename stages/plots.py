@@ -6,11 +6,11 @@ metrics/train.json and models/kernels.npz.
 
 from __future__ import annotations
 
-from mnist_early_stopping import params, timings
-from mnist_early_stopping.atomic import replace_dir
-from mnist_early_stopping.cli import run_main, say
-from mnist_early_stopping.figures import draw, load_inputs
-from mnist_early_stopping.layout import PLOTS_DIR
+from mnist_early_stopping.evaluation.figures import draw, load_inputs
+from mnist_early_stopping.pipeline import params, timings
+from mnist_early_stopping.pipeline.atomic import replace_dir
+from mnist_early_stopping.pipeline.layout import PLOTS_DIR
+from mnist_early_stopping.pipeline.stage import run_main, say
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mnist_early_stopping import params
-from mnist_early_stopping.cli import run_main, say
-from mnist_early_stopping.data import save_splits, split_raw
+from mnist_early_stopping.data.splits import save_splits, split_raw
+from mnist_early_stopping.pipeline import params
+from mnist_early_stopping.pipeline.stage import run_main, say
 
 
 def main() -> None:

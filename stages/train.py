@@ -8,9 +8,9 @@ evaluation). Run it on every worker of a multi_worker cluster.
 
 from __future__ import annotations
 
-from mnist_early_stopping import params
-from mnist_early_stopping.cli import run_main
-from mnist_early_stopping.training import train
+from mnist_early_stopping.pipeline import params
+from mnist_early_stopping.pipeline.stage import run_main
+from mnist_early_stopping.training.loop import train
 
 
 def main() -> None:

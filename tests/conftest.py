@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mnist_early_stopping.layout import CURVES, curve_path
+from mnist_early_stopping.pipeline.layout import CURVES, curve_path
 from tests.tiny_mnist import tiny_digests, write_mirror
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def params_with(section: str, **values: Any) -> Any:
 
     Tests build params this way, so a key added to a section needs no test edit.
     """
-    from mnist_early_stopping import params
+    from mnist_early_stopping.pipeline import params
 
     raw = {**yaml.safe_load(committed_params())[section], **values}
     return params.parse_section(section, raw, params.SECTIONS[section])

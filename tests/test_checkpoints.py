@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_early_stopping import checkpoints, run_inputs
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping.layout import CHECKPOINT_DIR
-from mnist_early_stopping.workspace_lock import hold
+from mnist_early_stopping.pipeline import run_inputs
+from mnist_early_stopping.pipeline.layout import CHECKPOINT_DIR
+from mnist_early_stopping.pipeline.stage import StageError
+from mnist_early_stopping.pipeline.workspace_lock import hold
+from mnist_early_stopping.training import checkpoints
 
 
 class FakeCheckpoint:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping.distribute import Task, task_from_tf_config
-from mnist_early_stopping.early_stopping import EarlyStopping
+from mnist_early_stopping.pipeline.stage import StageError
+from mnist_early_stopping.training.distribute import Task, task_from_tf_config
+from mnist_early_stopping.training.early_stopping import EarlyStopping
 from tests.conftest import TINY_PARAMS, copy_project, read_curves, run_stage, stage_env, write_params
 from tests.test_train import kill_after_checkpoint
 from tests.tiny_mnist import write_mirror

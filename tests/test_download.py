@@ -23,12 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_early_stopping import cli, download, params
+from mnist_early_stopping.data import download
+from mnist_early_stopping.data.download import Expected, FetchError, download_all, fetch_file
+from mnist_early_stopping.data.idx import encode_idx
+from mnist_early_stopping.pipeline import params
+from mnist_early_stopping.pipeline import stage as cli
+from mnist_early_stopping.pipeline.params import DownloadParams
+from mnist_early_stopping.pipeline.stage import StageError
 from stages import download as download_stage
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping.download import Expected, FetchError, download_all, fetch_file
-from mnist_early_stopping.idx import encode_idx
-from mnist_early_stopping.params import DownloadParams
 from tests.conftest import TinyMirror, committed_params, run_stage, stage_env, write_params
 from tests.tiny_mnist import FILE_NAMES, make_arrays
 

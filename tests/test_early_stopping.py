@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mnist_early_stopping.early_stopping import EarlyStopping, evaluation_points
+from mnist_early_stopping.training.early_stopping import EarlyStopping, evaluation_points
 
 NAN = math.nan
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping import evaluation as evaluate
+from mnist_early_stopping.evaluation import evaluate
+from mnist_early_stopping.pipeline.stage import StageError
 from tests.conftest import run_stage, staged_project, write_params
 
 # Six images of classes 0-2; predicted 0, 1, 1, 1, 2, 0. Hand-computed below.
@@ -308,7 +308,7 @@ def test_evaluate_from_the_keras_files_in_safe_mode_gives_the_same_results(
 
 SAFE_AND_SAVED = (
     "import sys, numpy as np\n"
-    "from mnist_early_stopping.network import load_keras_network, load_network\n"
+    "from mnist_early_stopping.serving.network import load_keras_network, load_network\n"
     "images = np.load(sys.argv[3])['images']\n"
     "saved = load_network(sys.argv[1], 64)(images)\n"
     "safe = load_keras_network(sys.argv[2], 64)(images)\n"
@@ -331,7 +331,7 @@ def test_the_safe_keras_way_and_the_savedmodel_agree(pipeline: tuple[Path, dict[
 
 def test_a_keras_file_that_would_run_code_is_refused(tmp_path: Path) -> None:
     keras = pytest.importorskip("keras")
-    from mnist_early_stopping.network import NetworkError, load_keras_network
+    from mnist_early_stopping.serving.network import NetworkError, load_keras_network
 
     inputs = keras.Input((28, 28))
     outputs = keras.layers.Lambda(lambda x: x * 2)(keras.layers.Flatten()(inputs))
@@ -343,7 +343,7 @@ def test_a_keras_file_that_would_run_code_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_every_network_carries_what_made_it(pipeline: tuple[Path, dict[str, str], str]) -> None:
-    from mnist_early_stopping.network import read_provenance
+    from mnist_early_stopping.serving.network import read_provenance
 
     project, _, _ = pipeline
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping import export
-from mnist_early_stopping.layout import BEST_MODEL, EXPORT_METRICS, TFLITE_MODEL, split_path
+from mnist_early_stopping.pipeline.layout import BEST_MODEL, EXPORT_METRICS, TFLITE_MODEL, split_path
+from mnist_early_stopping.pipeline.stage import StageError
+from mnist_early_stopping.serving import export
 from tests.conftest import copy_project, params_with, run_stage
 from tests.tiny_mnist import digit_images
 
@@ -124,7 +124,7 @@ TEST_IMAGES = 300
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """(project with models/best and a test split, the Keras model that models/best was exported from)."""
-    from mnist_early_stopping.model import build_model
+    from mnist_early_stopping.training.model import build_model
 
     project = copy_project(tmp_path_factory.mktemp("export") / "project")
     model = build_model(params_with("model", conv_filters=[4, 8], conv_kernel_size=5, dense_units=[16]), seed=0)
@@ -204,7 +204,7 @@ def test_export_refuses_a_tflite_model_of_another_network(
     tiny: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from mnist_early_stopping.model import build_model
+    from mnist_early_stopping.training.model import build_model
 
     source, _ = tiny
     other = build_model(params_with("model", conv_filters=[4, 8], conv_kernel_size=5, dense_units=[16]), seed=1)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mnist_early_stopping.atomic import LEFTOVER
+from mnist_early_stopping.pipeline.atomic import LEFTOVER
 from tests.conftest import run_stage, staged_project
 
 STAGES = ("download", "split", "train", "evaluate", "plots", "export")

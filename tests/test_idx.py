@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_early_stopping.idx import IdxError, encode_idx, parse_idx, read_idx
-from mnist_early_stopping.data import load_pair
+from mnist_early_stopping.data.idx import IdxError, encode_idx, parse_idx, read_idx
+from mnist_early_stopping.data.splits import load_pair
 
 
 def at(path: Path, rest: str) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_early_stopping import images
+from mnist_early_stopping.serving import images
 
 RING = (40, 60, 160, 300)  # left, top, right, bottom: a "0" twice as tall as wide
 # Where the real MNIST digits' centres of mass sit, (row, column) in pixel indices: 13.5 to 14.5.

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_early_stopping import layout
-from mnist_early_stopping.deps import import_closure, imported_modules
+from mnist_early_stopping.pipeline import layout
+from mnist_early_stopping.pipeline.deps import import_closure, imported_modules
 from tests.conftest import ROOT
 
 CODE_DIRS = ("stages/", "mnist_early_stopping/")
@@ -55,10 +55,10 @@ def test_code_deps_are_each_stages_import_closure() -> None:
 
 def test_a_dep_removed_from_dvc_yaml_is_caught() -> None:
     text = (ROOT / "dvc.yaml").read_text()
-    removed = "      - mnist_early_stopping/early_stopping.py\n"
+    removed = "      - mnist_early_stopping/training/early_stopping.py\n"
     assert removed in text
     problems = closure_mismatches(declared_stages(text.replace(removed, "", 1)))
-    assert problems == ["train: missing ['mnist_early_stopping/early_stopping.py'], not imported []"]
+    assert problems == ["train: missing ['mnist_early_stopping/training/early_stopping.py'], not imported []"]
 
 
 def test_no_stage_imports_another_stage() -> None:
@@ -70,19 +70,19 @@ def test_no_stage_imports_another_stage() -> None:
 def test_closure_follows_lazy_imports_and_skips_type_checking_ones() -> None:
     source = (
         "from typing import TYPE_CHECKING\n"
-        "if TYPE_CHECKING:\n    from mnist_early_stopping import trainer\n"
-        "def f():\n    from mnist_early_stopping import network\n"
-        "import mnist_early_stopping.layout as layout\n"
+        "if TYPE_CHECKING:\n    from mnist_early_stopping.training import engine\n"
+        "def f():\n    from mnist_early_stopping.serving import network\n"
+        "import mnist_early_stopping.pipeline.layout as layout\n"
     )
     found = imported_modules(source)
-    assert {"mnist_early_stopping.network", "mnist_early_stopping.layout"} <= found
-    assert "mnist_early_stopping.trainer" not in found
+    assert {"mnist_early_stopping.serving.network", "mnist_early_stopping.pipeline.layout"} <= found
+    assert "mnist_early_stopping.training.engine" not in found
 
 
 def test_evaluate_needs_neither_the_model_code_nor_keras() -> None:
     closure = import_closure("stages.evaluate")
-    assert "mnist_early_stopping/model.py" not in closure
-    assert "mnist_early_stopping/trainer.py" not in closure
+    assert "mnist_early_stopping/training/model.py" not in closure
+    assert "mnist_early_stopping/training/engine.py" not in closure
 
 
 def layout_paths() -> set[str]:
@@ -98,10 +98,53 @@ def test_every_data_path_in_dvc_yaml_is_the_layouts(section: str) -> None:
         for entry in stage.get(section, []):
             path = entry_path(entry)
             if not path.startswith(CODE_DIRS):
-                assert path in known, f"{name}.{section}: {path} is not a path of mnist_early_stopping/layout.py"
+                assert path in known, f"{name}.{section}: {path} is not a path of mnist_early_stopping/pipeline/layout.py"
 
 
 def test_top_level_metrics_are_the_layouts() -> None:
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     assert set(pipeline["metrics"]) <= layout_paths()
     assert "plots" not in pipeline, "plots are declared by their stages, once each"
+
+
+# The library's packages and what each may import: the boundaries a change
+# must respect. `pipeline` is the ground every stage stands on; evaluation
+# loads networks through `serving`, never through the training code.
+ALLOWED_IMPORTS = {
+    "pipeline": set(),
+    "data": {"pipeline"},
+    "training": {"pipeline", "data"},
+    "serving": {"pipeline", "data"},  # the TFLite export is checked on the test split
+    "evaluation": {"pipeline", "data", "serving"},
+}
+
+
+def package_imports() -> dict[str, set[str]]:
+    """For each library package, the other library packages its modules import."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "mnist_early_stopping").glob("*/*.py")):
+        package = path.parent.name
+        for module in imported_modules(path.read_text(encoding="utf-8")):
+            parts = module.split(".")
+            if parts[0] == "mnist_early_stopping" and len(parts) > 1 and parts[1] != package:
+                found.setdefault(package, set()).add(parts[1])
+    return found
+
+
+def test_the_library_is_the_packages_named_and_nothing_loose() -> None:
+    library = ROOT / "mnist_early_stopping"
+    assert sorted(p.name for p in library.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(ALLOWED_IMPORTS)
+    assert sorted(p.name for p in library.glob("*.py")) == ["__init__.py"]
+
+
+def test_packages_import_only_across_their_boundaries() -> None:
+    crossings = {
+        package: sorted(imported - ALLOWED_IMPORTS[package]) for package, imported in package_imports().items()
+    }
+    assert {package: bad for package, bad in crossings.items() if bad} == {}
+
+
+def test_evaluate_and_plots_stay_out_of_training() -> None:
+    evaluate, plots = import_closure("stages.evaluate"), import_closure("stages.plots")
+    assert not [p for p in evaluate if p.startswith("mnist_early_stopping/training/")]
+    assert not [p for p in plots if p.startswith(("mnist_early_stopping/training/", "mnist_early_stopping/serving/"))]

@@ -9,7 +9,7 @@ from tests.conftest import params_with
 
 keras = pytest.importorskip("keras")
 
-from mnist_early_stopping.model import build_model, conv_kernels  # noqa: E402
+from mnist_early_stopping.training.model import build_model, conv_kernels  # noqa: E402
 
 TUTORIAL = params_with("model", conv_filters=[16, 36], conv_kernel_size=5, dense_units=[128])
 

@@ -11,9 +11,9 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from mnist_early_stopping import params
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping.params import SECTIONS, DownloadParams, SplitParams, TrainParams
+from mnist_early_stopping.pipeline import params
+from mnist_early_stopping.pipeline.params import SECTIONS, DownloadParams, SplitParams, TrainParams
+from mnist_early_stopping.pipeline.stage import StageError
 from tests.conftest import TinyMirror, committed_params, run_stage, stage_env, write_params
 
 Raw = dict[str, Any]

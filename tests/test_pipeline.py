@@ -15,10 +15,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mnist_early_stopping.layout import CURVES
+from mnist_early_stopping.pipeline.layout import CURVES
 from tests.conftest import copy_project, read_curves, write_params
 from tests.tiny_mnist import write_mirror
 
@@ -563,9 +563,9 @@ def edit_param(repo: Repo) -> str:
 
 
 def edit_code(repo: Repo) -> str:
-    with (repo.path / "mnist_early_stopping/early_stopping.py").open("a") as f:
+    with (repo.path / "mnist_early_stopping/training/early_stopping.py").open("a") as f:
         f.write("# edited while training\n")
-    return "train: mnist_early_stopping/early_stopping.py changed while training; nothing recorded"
+    return "train: mnist_early_stopping/training/early_stopping.py changed while training; nothing recorded"
 
 
 def edit_data(repo: Repo) -> str:
@@ -706,7 +706,7 @@ def test_an_unknown_key_in_any_section_or_an_unknown_section_fails_dvc_repro(bas
 
 
 def test_provenance_flags_changed_code_or_params_not_what_dvc_rewrites(baseline: Baseline, tmp_path: Path):
-    from mnist_early_stopping.network import read_provenance
+    from mnist_early_stopping.serving.network import read_provenance
 
     repo = own_copy(baseline.repo, tmp_path)  # everything committed, the git-tracked metrics and plots included
     commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping import figures as plots
-from mnist_early_stopping.model_files import conv_layer_names
+from mnist_early_stopping.evaluation import figures as plots
+from mnist_early_stopping.pipeline.kernels import conv_layer_names
+from mnist_early_stopping.pipeline.stage import StageError
 from tests.conftest import ROOT, committed_params, write_params
 
 DPI = 40

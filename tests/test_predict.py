@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_early_stopping import images, predict
+from mnist_early_stopping.serving import images, predict
 from tests.conftest import params_with
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def error_lines(stderr: str) -> list[str]:
 def run_cli(args: list[str], cwd: Path, script: str = "") -> subprocess.CompletedProcess:
     """Run mnist-predict in a fresh interpreter in `cwd`; `script` runs after main, before exiting."""
     code = (
-        "import sys\nfrom mnist_early_stopping.predict import main\n"
+        "import sys\nfrom mnist_early_stopping.serving.predict import main\n"
         f"rc = main({args!r})\n{script}\nsys.exit(rc)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
@@ -87,7 +87,7 @@ def fake_network(monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
 
 
 def test_importing_the_command_does_not_import_tensorflow() -> None:
-    code = "import sys, mnist_early_stopping.predict; print('tensorflow' in sys.modules)"
+    code = "import sys, mnist_early_stopping.serving.predict; print('tensorflow' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
@@ -243,7 +243,7 @@ def test_info_prints_what_exists_and_says_what_is_missing(
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained network exported as the train stage does (models/best with models/model.json beside)."""
-    from mnist_early_stopping.model import build_model, describe
+    from mnist_early_stopping.training.model import build_model, describe
     cfg = params_with("model", conv_filters=[4, 8], conv_kernel_size=5, dense_units=[16])
     path = tmp_path_factory.mktemp("project") / "models" / "best"
     build_model(cfg, seed=0).export(str(path), format="tf_saved_model", verbose=False)
@@ -262,7 +262,7 @@ def test_a_folder_with_the_real_network(tmp_path: Path, saved_model: Path) -> No
     assert error_lines(result.stderr) == [f"{PREFIX}in/notes.txt: not an image Pillow can read"]
     results = json.loads(result.stdout)
     assert [r["file"] for r in results] == [f"in/{i:02d}.png" for i in range(7)] + ["in/notes.txt"]
-    from mnist_early_stopping.network import load_network
+    from mnist_early_stopping.serving.network import load_network
 
     network = load_network(saved_model, 3)
     expected = network(np.stack([images.load(tmp_path / r["file"]) for r in results[:7]]))

@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 import yaml
 
-from mnist_early_stopping import atomic, data, evaluation, figures
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping.digests import sha256_file, sha256_tree
+from mnist_early_stopping.data import splits as data
+from mnist_early_stopping.evaluation import evaluate as evaluation
+from mnist_early_stopping.evaluation import figures
+from mnist_early_stopping.pipeline import atomic
+from mnist_early_stopping.pipeline.digests import sha256_file, sha256_tree
+from mnist_early_stopping.pipeline.stage import StageError
 from tests.conftest import ROOT, TinyMirror, copy_project, run_stage, stage_env, staged_project, write_params
 from tests.test_plots import write_inputs
 from tests.tiny_mnist import write_mirror
@@ -222,7 +225,7 @@ def test_replace_dir_turns_a_librarys_full_disk_into_one_line_and_leaves_nothing
 def test_run_main_names_the_file_of_a_full_disk_no_helper_caught(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mnist_early_stopping.cli import run_main
+    from mnist_early_stopping.pipeline.stage import run_main
 
     monkeypatch.delenv("MNIST_DEBUG", raising=False)
     def main() -> None:
@@ -385,7 +388,7 @@ def test_plots_names_the_broken_train_json_and_its_key(
 def test_run_main_turns_an_unexpected_error_into_one_line(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mnist_early_stopping.cli import run_main
+    from mnist_early_stopping.pipeline.stage import run_main
 
     def main() -> None:
         raise RuntimeError("no such thing\nand pages more")
@@ -402,7 +405,7 @@ def test_run_main_turns_an_unexpected_error_into_one_line(
 
 
 def test_run_main_prints_a_stage_error_after_the_stage_name_with_its_status(capsys: pytest.CaptureFixture[str]) -> None:
-    from mnist_early_stopping.cli import StageError, run_main, say
+    from mnist_early_stopping.pipeline.stage import StageError, run_main, say
 
     def interrupted() -> None:
         raise KeyboardInterrupt
@@ -491,7 +494,7 @@ def test_a_checkpoint_directory_that_cannot_be_written_is_one_line(
     tf = pytest.importorskip("tensorflow")
     import keras  # noqa: F401  (as the stage imports it, before the training module)
 
-    from mnist_early_stopping import training
+    from mnist_early_stopping.training import loop as training
     from tests.test_trainer import MODEL, TRAIN, tiny_data
 
     monkeypatch.chdir(tmp_path)

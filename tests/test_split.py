@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_early_stopping.data.splits import data_metrics, split_train, validation_indices
+from mnist_early_stopping.pipeline.params import SplitParams
+from mnist_early_stopping.pipeline.stage import StageError
 from stages import split as split_stage
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping.params import SplitParams
-from mnist_early_stopping.data import data_metrics, split_train, validation_indices
 from tests.conftest import TinyMirror, run_stage, stage_env
 from tests.tiny_mnist import make_arrays, write_mirror
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_early_stopping.tf_runtime import (
+from mnist_early_stopping.pipeline.tf_runtime import (
     ABSL_PREAMBLE,
     CUINIT_FAILED,
     NO_CUDA_DRIVER,

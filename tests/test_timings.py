@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_early_stopping import timings
-from mnist_early_stopping.tf_runtime import hidden_modules
+from mnist_early_stopping.pipeline import timings
+from mnist_early_stopping.pipeline.tf_runtime import hidden_modules
 
 
 @pytest.fixture(autouse=True)

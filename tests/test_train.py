@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_early_stopping.training import cpu_description, log_line, manifest_differences
+from mnist_early_stopping.training.loop import cpu_description, log_line, manifest_differences
 from tests.conftest import read_curves, run_stage, stage_env, write_params
 
 RESULT_KEYS = ("best_iteration", "stopped_iteration", "best_validation_accuracy", "best_validation_loss", "stop_reason")
@@ -23,7 +23,7 @@ def test_log_line_matches_the_tutorial():
 
 
 def test_progress_note_gives_the_best_and_the_earliest_stop_with_its_eta():
-    from mnist_early_stopping.training import progress_note
+    from mnist_early_stopping.training.loop import progress_note
 
     assert progress_note(300, 200, 1000, 10000, 50.0) == "best at 200; stops at 1200 at the earliest, in 0:00:18"
     assert progress_note(9500, 9000, 1000, 10000, 100.0) == "best at 9000; stops at 10000 at the earliest, in 0:00:05"

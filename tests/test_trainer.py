@@ -12,7 +12,7 @@ from tests.tiny_mnist import make_arrays
 
 pytestmark = pytest.mark.slow  # TensorFlow in-process: seconds per test
 tf = pytest.importorskip("tensorflow")
-from mnist_early_stopping import trainer as trainer_module  # noqa: E402
+from mnist_early_stopping.training import engine as trainer_module  # noqa: E402
 
 MODEL = params_with("model", conv_filters=[4, 8], conv_kernel_size=5, dense_units=[16])
 TRAIN = params_with(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_early_stopping.idx import encode_idx
-from mnist_early_stopping.layout import MNIST_NAMES
+from mnist_early_stopping.data.idx import encode_idx
+from mnist_early_stopping.pipeline.layout import MNIST_NAMES
 
 FILE_NAMES = MNIST_NAMES
 

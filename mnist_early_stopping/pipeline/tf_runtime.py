@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
-from mnist_early_stopping import timings
+from mnist_early_stopping.pipeline import timings
 
 # TensorFlow's C++ code writes these through absl before absl::InitializeLog()
 # has run, so TF_CPP_MIN_LOG_LEVEL does not reach them and no environment

@@ -8,10 +8,10 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Callable
 
-from mnist_early_stopping import timings
+from mnist_early_stopping.pipeline import timings
 
 if TYPE_CHECKING:
-    from mnist_early_stopping.run_inputs import Inputs
+    from mnist_early_stopping.pipeline.run_inputs import Inputs
 
 # Set to 1 to get the full traceback of an unexpected error.
 DEBUG_ENV = "MNIST_DEBUG"
@@ -74,7 +74,7 @@ _started: Inputs | None = None
 
 def verify_inputs() -> None:
     """Raise a StageError if the running stage's params, code or input files changed since it started."""
-    from mnist_early_stopping import run_inputs
+    from mnist_early_stopping.pipeline import run_inputs
 
     with timings.phase("check inputs"):
         run_inputs.verify(_started)
@@ -82,7 +82,7 @@ def verify_inputs() -> None:
 
 def usage(stage: str) -> str:
     """What `python -m stages.<stage> --help` prints: the stage's docstring, then its entry in dvc.yaml."""
-    from mnist_early_stopping import run_inputs
+    from mnist_early_stopping.pipeline import run_inputs
 
     doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
     lines = [f"usage: python -m stages.{stage}   (or: dvc repro {stage}, which runs it when its inputs changed)", ""]
@@ -130,7 +130,7 @@ def run_main(stage: str, main: Callable[[], object]) -> int:
 
 def _run(stage: str, main: Callable[[], object]) -> int:
     global _started
-    from mnist_early_stopping import run_inputs
+    from mnist_early_stopping.pipeline import run_inputs
 
     try:
         with timings.phase("check inputs"):

@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterator, TextIO
 import numpy as np
 from PIL import Image
 
-from mnist_early_stopping import images
-from mnist_early_stopping.cli import first_line
-from mnist_early_stopping.layout import BEST_MODEL, NUM_CLASSES
+from mnist_early_stopping.pipeline.layout import BEST_MODEL, NUM_CLASSES
+from mnist_early_stopping.pipeline.stage import first_line
+from mnist_early_stopping.serving import images
 
 PROG = "mnist-predict"
 EXIT_OK, EXIT_FAILED = 0, 1  # argparse exits 2 on bad usage
@@ -145,7 +145,7 @@ def save_preprocessed(item: Item, path: Path) -> None:
 
 def load_model(path: Path, batch_size: int) -> Predictor | None:
     """The network, or None after one line on stderr saying what is wrong and what to do."""
-    from mnist_early_stopping.network import NetworkError, load_any
+    from mnist_early_stopping.serving.network import NetworkError, load_any
 
     try:
         return load_any(path, batch_size)
@@ -209,7 +209,7 @@ def write_results(
 
 def provenance(model: Path) -> dict[str, dict[str, Any]]:
     """Where the network comes from, one section per source: its path, whether present, and what it says."""
-    from mnist_early_stopping.network import read_provenance
+    from mnist_early_stopping.serving.network import read_provenance
 
     params_path = model.parent / "model.json"
     is_keras = model.suffix == ".keras"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_early_stopping.cli import first_line
+from mnist_early_stopping.pipeline.stage import first_line
 
 FIELD = 28
 BOX = 20

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mnist_early_stopping.cli import EXIT_BAD_INPUT, StageError
-from mnist_early_stopping.layout import MNIST_NAMES
+from mnist_early_stopping.pipeline.layout import MNIST_NAMES
+from mnist_early_stopping.pipeline.stage import EXIT_BAD_INPUT, StageError
 
 PARAMS_FILE = Path("params.yaml")
 

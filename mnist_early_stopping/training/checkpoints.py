@@ -31,11 +31,11 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from mnist_early_stopping.atomic import cannot_write, write_atomic, write_json
-from mnist_early_stopping.cli import StageError, say
-from mnist_early_stopping.digests import sha256_file
-from mnist_early_stopping.layout import CHECKPOINT_DIR
-from mnist_early_stopping.workspace_lock import LockedError, hold
+from mnist_early_stopping.pipeline.atomic import cannot_write, write_atomic, write_json
+from mnist_early_stopping.pipeline.digests import sha256_file
+from mnist_early_stopping.pipeline.layout import CHECKPOINT_DIR
+from mnist_early_stopping.pipeline.stage import StageError, say
+from mnist_early_stopping.pipeline.workspace_lock import LockedError, hold
 
 # Unfinished entries kept besides the running one: a few killed runs to come back to.
 KEEP_UNFINISHED = 3

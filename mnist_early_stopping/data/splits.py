@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import numpy as np
 
-from mnist_early_stopping import params
-from mnist_early_stopping.atomic import json_bytes, write_files
-from mnist_early_stopping.cli import EXIT_BAD_INPUT, StageError, first_line
-from mnist_early_stopping.idx import IdxError, read_idx
-from mnist_early_stopping.layout import (
-    DATA_METRICS, IMAGE_SHAPE, MNIST_NAMES, NUM_CLASSES, RAW_DIR, TRAIN_METRICS, split_path,
+from mnist_early_stopping.data.idx import IdxError, read_idx
+from mnist_early_stopping.pipeline import params
+from mnist_early_stopping.pipeline.atomic import json_bytes, write_files
+from mnist_early_stopping.pipeline.layout import (
+    DATA_METRICS,
+    IMAGE_SHAPE,
+    MNIST_NAMES,
+    NUM_CLASSES,
+    RAW_DIR,
+    split_path,
 )
+from mnist_early_stopping.pipeline.stage import EXIT_BAD_INPUT, StageError, first_line
 
 # What np.load and reading an archive's members raise on a truncated or corrupt file.
 NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
@@ -140,32 +144,6 @@ def load_split(name: str) -> tuple[np.ndarray, np.ndarray]:
     if labels.size and labels.max() >= NUM_CLASSES:
         _bad_split(path, f"holds the label {labels.max()}, not a digit 0-9")
     return images, labels
-
-
-def load_train_metrics(keys: tuple[str, ...]) -> dict[str, Any]:
-    """metrics/train.json with the given keys checked to be numbers; exit 1 with one line if it is missing or bad."""
-    redo = "re-run the train stage: dvc repro train"
-    try:
-        text = TRAIN_METRICS.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StageError(
-            f"{TRAIN_METRICS} not found; run the train stage first (dvc repro train)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise StageError(f"cannot read {TRAIN_METRICS} ({first_line(e, with_type=True)}); {redo}") from None
-    try:
-        metrics = json.loads(text)
-    except ValueError as e:
-        raise StageError(f"{TRAIN_METRICS} is not valid JSON ({e}); {redo}") from None
-    if not isinstance(metrics, dict):
-        raise StageError(f"{TRAIN_METRICS} is not a JSON object; {redo}")
-    for key in keys:
-        if key not in metrics:
-            raise StageError(f"{TRAIN_METRICS} has no key {key}; {redo}")
-        value = metrics[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise StageError(f"{TRAIN_METRICS}: {key} is {value!r}, not a number; {redo}")
-    return metrics
 
 
 def split_raw(cfg: params.SplitParams, raw_dir: Path = RAW_DIR) -> dict[str, tuple[np.ndarray, np.ndarray]]:

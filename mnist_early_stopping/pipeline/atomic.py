@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
-from mnist_early_stopping.cli import StageError, first_line, write_failure
+from mnist_early_stopping.pipeline.stage import StageError, first_line, write_failure
 
 # The random part tempfile puts in mkstemp and mkdtemp names.
 _RANDOM = r"[a-z0-9_]{8}"

@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 PROJECT_PACKAGES = ("stages", "mnist_early_stopping")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:

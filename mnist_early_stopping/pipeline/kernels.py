@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_early_stopping.atomic import write_atomic
+from mnist_early_stopping.pipeline.atomic import write_atomic
 
 # When each set of kernels was taken: before training, the best network, the network at the stop.
 VERSIONS = ("initial", "best", "final")

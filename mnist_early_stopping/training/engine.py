@@ -14,13 +14,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_early_stopping.cli import say
-from mnist_early_stopping import checkpoints, params
-from mnist_early_stopping.atomic import json_bytes, replace_dir, written_by_keras
-from mnist_early_stopping.distribute import from_chief, is_multi_worker, max_over_workers
-from mnist_early_stopping.layout import IMAGE_SHAPE, PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
-from mnist_early_stopping.model import build_model, conv_kernels
-
+from mnist_early_stopping.pipeline import params
+from mnist_early_stopping.pipeline.atomic import json_bytes, replace_dir, written_by_keras
+from mnist_early_stopping.pipeline.layout import IMAGE_SHAPE, PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
+from mnist_early_stopping.pipeline.stage import say
+from mnist_early_stopping.training import checkpoints
+from mnist_early_stopping.training.distribute import from_chief, is_multi_worker, max_over_workers
+from mnist_early_stopping.training.model import build_model, conv_kernels
 
 # Images per validation forward pass: large enough to be efficient, small
 # enough to keep the activations of conv1 (N x 28 x 28 x 16 floats) modest.

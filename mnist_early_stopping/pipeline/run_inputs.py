@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping.digests import sha256_file, sha256_tree
-from mnist_early_stopping.layout import PARAMS_FILE
+from mnist_early_stopping.pipeline.digests import sha256_file, sha256_tree
+from mnist_early_stopping.pipeline.layout import PARAMS_FILE
+from mnist_early_stopping.pipeline.stage import StageError
 
 DVC_FILE = Path("dvc.yaml")
 MISSING = "missing"
@@ -63,7 +63,7 @@ def _digest(path: Path) -> str:
 
 
 def _params(sections: list[str]) -> dict[str, Any]:
-    from mnist_early_stopping.params import ParamsLoader  # numbers read as DVC writes them
+    from mnist_early_stopping.pipeline.params import ParamsLoader  # numbers read as DVC writes them
 
     try:
         with PARAMS_FILE.open(encoding="utf-8") as f:

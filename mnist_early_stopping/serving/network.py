@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mnist_early_stopping.cli import first_line
-from mnist_early_stopping.layout import IMAGE_SHAPE, PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
+from mnist_early_stopping.pipeline.layout import IMAGE_SHAPE, PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
+from mnist_early_stopping.pipeline.stage import first_line
 
 
 class NetworkError(Exception):
@@ -42,7 +42,7 @@ def load_network(path: Path, batch_size: int) -> Network:
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise NetworkError(f"{path} is not a SavedModel (no saved_model.pb)")
-    from mnist_early_stopping.tf_runtime import import_tensorflow
+    from mnist_early_stopping.pipeline.tf_runtime import import_tensorflow
 
     tf = import_tensorflow()  # without its start-up noise, and only once the file is there
 
@@ -79,7 +79,7 @@ def load_keras_network(path: Path, batch_size: int) -> Network:
     path = Path(path)
     if not path.is_file():
         raise NetworkError(f"{path} is not a .keras file")
-    from mnist_early_stopping.tf_runtime import import_tensorflow
+    from mnist_early_stopping.pipeline.tf_runtime import import_tensorflow
 
     import_tensorflow()  # Keras imports TensorFlow: without its start-up noise
     import keras

@@ -47,11 +47,11 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mnist_early_stopping import params
-from mnist_early_stopping.cli import EXIT_BAD_INPUT, StageError, say
-from mnist_early_stopping.digests import sha256_file
-from mnist_early_stopping.layout import MNIST_NAMES
-from mnist_early_stopping.params import Expected
+from mnist_early_stopping.pipeline import params
+from mnist_early_stopping.pipeline.digests import sha256_file
+from mnist_early_stopping.pipeline.layout import MNIST_NAMES
+from mnist_early_stopping.pipeline.params import Expected
+from mnist_early_stopping.pipeline.stage import EXIT_BAD_INPUT, StageError, say
 
 MIRROR_ENV = "MNIST_MIRROR"
 CHUNK = 1 << 20

@@ -10,12 +10,21 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from mnist_early_stopping.atomic import writes_to
-from mnist_early_stopping.cli import StageError, first_line
-from mnist_early_stopping.data import NPZ_ERRORS, load_split, load_train_metrics
-from mnist_early_stopping.layout import CURVES, KERNELS, NUM_CLASSES, PLOTS_DIR, PREDICTIONS, curve_path, split_path
-from mnist_early_stopping.model_files import conv_layer_names, read_kernels
-from mnist_early_stopping.scores import confusion
+from mnist_early_stopping.data.splits import NPZ_ERRORS, load_split
+from mnist_early_stopping.evaluation.scores import confusion
+from mnist_early_stopping.evaluation.train_metrics import load_train_metrics
+from mnist_early_stopping.pipeline.atomic import writes_to
+from mnist_early_stopping.pipeline.kernels import conv_layer_names, read_kernels
+from mnist_early_stopping.pipeline.layout import (
+    CURVES,
+    KERNELS,
+    NUM_CLASSES,
+    PLOTS_DIR,
+    PREDICTIONS,
+    curve_path,
+    split_path,
+)
+from mnist_early_stopping.pipeline.stage import StageError, first_line
 
 # Figure sizes in inches are fixed, so pixel sizes depend on plots.dpi only.
 GRID_SIZE = (6.0, 6.6)

@@ -7,15 +7,21 @@ from typing import Any
 
 import numpy as np
 
-from mnist_early_stopping import timings
-from mnist_early_stopping.atomic import json_bytes, write_files
-from mnist_early_stopping.cli import StageError, first_line
-from mnist_early_stopping.data import load_split
-from mnist_early_stopping.layout import (
-    BEST_MODEL, EXPORT_METRICS, IMAGE_SHAPE, NUM_CLASSES, PIXEL_SCALE, TFLITE_MODEL, split_path,
+from mnist_early_stopping.data.splits import load_split
+from mnist_early_stopping.pipeline import timings
+from mnist_early_stopping.pipeline.atomic import json_bytes, write_files
+from mnist_early_stopping.pipeline.layout import (
+    BEST_MODEL,
+    EXPORT_METRICS,
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    PIXEL_SCALE,
+    TFLITE_MODEL,
+    split_path,
 )
-from mnist_early_stopping.network import NetworkError, load_network
-from mnist_early_stopping.tf_runtime import XNNPACK_NOTICE, filtered_stderr
+from mnist_early_stopping.pipeline.stage import StageError, first_line
+from mnist_early_stopping.pipeline.tf_runtime import XNNPACK_NOTICE, filtered_stderr
+from mnist_early_stopping.serving.network import NetworkError, load_network
 
 # A float32 conversion only reorders float operations, so the predicted class may
 # change only where two classes tie to within rounding: a handful of 10000 images.

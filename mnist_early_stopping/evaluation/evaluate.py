@@ -7,17 +7,26 @@ from typing import Any
 
 import numpy as np
 
-from mnist_early_stopping import timings
-from mnist_early_stopping.atomic import json_bytes, prepare_file, write_files
-from mnist_early_stopping.cli import StageError
-from mnist_early_stopping.data import load_split, load_train_metrics
-from mnist_early_stopping.digests import sha256_file, sha256_tree
-from mnist_early_stopping.layout import (
-    BEST_KERAS, BEST_MODEL, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, PER_CLASS,
-    PREDICTIONS, TEST_METRICS, TRAIN_METRICS,
+from mnist_early_stopping.data.splits import load_split
+from mnist_early_stopping.evaluation.scores import class_metrics, confusion
+from mnist_early_stopping.evaluation.train_metrics import load_train_metrics
+from mnist_early_stopping.pipeline import timings
+from mnist_early_stopping.pipeline.atomic import json_bytes, prepare_file, write_files
+from mnist_early_stopping.pipeline.digests import sha256_file, sha256_tree
+from mnist_early_stopping.pipeline.layout import (
+    BEST_KERAS,
+    BEST_MODEL,
+    FINAL_KERAS,
+    FINAL_MODEL,
+    INITIAL_KERAS,
+    INITIAL_MODEL,
+    PER_CLASS,
+    PREDICTIONS,
+    TEST_METRICS,
+    TRAIN_METRICS,
 )
-from mnist_early_stopping.network import Network, NetworkError, load_any
-from mnist_early_stopping.scores import class_metrics, confusion
+from mnist_early_stopping.pipeline.stage import StageError
+from mnist_early_stopping.serving.network import Network, NetworkError, load_any
 
 # The networks the train stage writes, by how they are loaded.
 NETWORK_FILES = {

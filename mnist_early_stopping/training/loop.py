@@ -29,24 +29,38 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from mnist_early_stopping import checkpoints, distribute, params, timings
-from mnist_early_stopping.atomic import OutputError, write_json, writes_to
-from mnist_early_stopping.cli import StageError, say, verify_inputs
-from mnist_early_stopping.data import load_split
-from mnist_early_stopping.deps import ROOT, import_closure
-from mnist_early_stopping.digests import sha256_file, sha256_tree
-from mnist_early_stopping.early_stopping import EarlyStopping, evaluation_points
-from mnist_early_stopping.layout import (
-    BEST_KERAS, BEST_MODEL, CURVES, FINAL_KERAS, FINAL_MODEL, INITIAL_KERAS, INITIAL_MODEL, KERNELS,
-    LIVE_CURVES_DIR, LIVE_DIR, LIVE_SUMMARY, MODEL_INFO, PREPROCESSING, TRAIN_METRICS, split_path,
+from mnist_early_stopping.data.splits import load_split
+from mnist_early_stopping.pipeline import params, timings
+from mnist_early_stopping.pipeline.atomic import OutputError, write_json, writes_to
+from mnist_early_stopping.pipeline.deps import ROOT, import_closure
+from mnist_early_stopping.pipeline.digests import sha256_file, sha256_tree
+from mnist_early_stopping.pipeline.kernels import write_kernels
+from mnist_early_stopping.pipeline.layout import (
+    BEST_KERAS,
+    BEST_MODEL,
+    CURVES,
+    FINAL_KERAS,
+    FINAL_MODEL,
+    INITIAL_KERAS,
+    INITIAL_MODEL,
+    KERNELS,
+    LIVE_CURVES_DIR,
+    LIVE_DIR,
+    LIVE_SUMMARY,
+    MODEL_INFO,
+    PREPROCESSING,
+    TRAIN_METRICS,
+    split_path,
 )
-from mnist_early_stopping.model_files import write_kernels
-from mnist_early_stopping.tf_runtime import import_tensorflow
+from mnist_early_stopping.pipeline.stage import StageError, say, verify_inputs
+from mnist_early_stopping.pipeline.tf_runtime import import_tensorflow
+from mnist_early_stopping.training import checkpoints, distribute
+from mnist_early_stopping.training.early_stopping import EarlyStopping, evaluation_points
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from mnist_early_stopping.trainer import Trainer
+    from mnist_early_stopping.training.engine import Trainer
 
 # The stage whose code shapes the result: a checkpoint is resumed only by the same code.
 STAGE_MODULE = "stages.train"
@@ -337,11 +351,11 @@ def run(
     assert checkpoint_dir is not None
     digest = checkpoints.manifest_digest(manifest)
     with timings.phase("set up"):  # Keras's import too
-        from mnist_early_stopping import trainer
+        from mnist_early_stopping.training import engine
 
-        trainer.configure(cfg)
+        engine.configure(cfg)
         train_data, validation_data = load_split("train"), load_split("validation")
-        runner = trainer.Trainer(model_cfg, cfg, train_data, validation_data, checkpoint_dir, strategy)
+        runner = engine.Trainer(model_cfg, cfg, train_data, validation_data, checkpoint_dir, strategy)
         state = start_or_resume(runner, cfg, digest, entry, resuming)
     with timings.phase("trace graphs"):
         runner.trace()
@@ -494,7 +508,7 @@ def write_networks(runner: Trainer, model_cfg: params.ModelParams, precision: st
         runner.save_keras(keras_file, record)
         kernels[which] = runner.conv_kernels()
     write_kernels(KERNELS, {v: kernels[v] for v in ("initial", "best", "final")})
-    from mnist_early_stopping.model import describe
+    from mnist_early_stopping.training.model import describe
 
     write_json(MODEL_INFO, {**describe(model_cfg), "precision": precision})
 

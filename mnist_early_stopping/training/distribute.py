@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn
 
-from mnist_early_stopping.cli import EXIT_BAD_INPUT, StageError
+from mnist_early_stopping.pipeline.stage import EXIT_BAD_INPUT, StageError
 
 if TYPE_CHECKING:
     import tensorflow as tf

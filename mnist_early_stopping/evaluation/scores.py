@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_early_stopping.layout import NUM_CLASSES
+from mnist_early_stopping.pipeline.layout import NUM_CLASSES
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:

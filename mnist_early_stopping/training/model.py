@@ -8,8 +8,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from mnist_early_stopping.layout import IMAGE_SHAPE, NUM_CLASSES
-from mnist_early_stopping.params import ModelParams
+from mnist_early_stopping.pipeline.layout import IMAGE_SHAPE, NUM_CLASSES
+from mnist_early_stopping.pipeline.params import ModelParams
 
 
 def build_model(cfg: ModelParams, seed: int) -> keras.Model:

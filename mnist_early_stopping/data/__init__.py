@@ -1,0 +1,1 @@
+"""MNIST's files: the download, the IDX format, the train/validation/test splits."""

@@ -1,0 +1,1 @@
+"""The ground every stage stands on: params, paths, how a stage runs and fails, atomic files, code deps."""

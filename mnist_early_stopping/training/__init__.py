@@ -1,0 +1,1 @@
+"""The network, its training step, the early-stopping loop, checkpoints and distribution."""
