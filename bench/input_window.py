@@ -47,8 +47,9 @@ def main() -> int:
         for stage in args.stages:
             timings.unlink(missing_ok=True)
             command = ["dvc", "repro", "--single-item", stage, *(["-f"] if args.force else [])]
-            done = subprocess.run(command, env=dict(os.environ, MNIST_TIMINGS=str(timings)),
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                command, env=dict(os.environ, MNIST_TIMINGS=str(timings)), capture_output=True, text=True
+            )
             if done.returncode != 0:
                 sys.exit(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
             if not timings.exists():

@@ -213,8 +213,11 @@ def run_ours(seconds: float, precision: str | None = None, candidate: str | None
 
         for _ in range(WARMUP_CHUNKS):
             chunk()
-        result: dict[str, Any] = {**timed_loop(chunk, seconds), "data": source,
-                                  "parameters": runner.model.count_params()}
+        result: dict[str, Any] = {
+            **timed_loop(chunk, seconds),
+            "data": source,
+            "parameters": runner.model.count_params(),
+        }
         if precision:  # the bf16 run is for its speed only
             return result
         usage = Usage()
@@ -456,7 +459,14 @@ def contenders_table(runs: Results, eval_every: int) -> str:
             )
         )
     head = (
-        "contender", "it/s median", "min..max", "validate s", "val share", "CPU use", "others", "max RSS MiB"
+        "contender",
+        "it/s median",
+        "min..max",
+        "validate s",
+        "val share",
+        "CPU use",
+        "others",
+        "max RSS MiB",
     )
     return table(rows, head)
 
@@ -543,7 +553,9 @@ def bench(args: argparse.Namespace) -> None:
     # The peers must train the same network: a PyTorch model that drifted from model.py would be a false comparison.
     counts = {name: {r["parameters"] for r in rs if "parameters" in r} for name, rs in runs.items()}
     if len(set().union(*counts.values())) > 1:
-        raise StageError(f"the contenders' networks differ in size (parameters: {counts}); fix torch_model in bench/step.py")
+        raise StageError(
+            f"the contenders' networks differ in size (parameters: {counts}); fix torch_model in bench/step.py"
+        )
     data = next((r["data"] for rs in runs.values() for r in rs if "data" in r), "?")
     print(
         f"\ndata:     {data}; Keras fit: verbose=0, no metrics (its fastest plain use); "
