@@ -387,7 +387,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     for i in range(3000):  # more lines than a pipe holds, so the writer meets the closed end
         digit.save(folder / f"{i:04d}.png")
     code = (
-        "import sys\nimport numpy as np\nfrom mnist_early_stopping import predict\n"
+        "import sys\nimport numpy as np\nfrom mnist_early_stopping.serving import predict\n"
         "predict.load_model = lambda path, batch_size: lambda batch: np.full((len(batch), 10), 0.1, np.float32)\n"
         "sys.exit(predict.main(['in']))\n"
     )
