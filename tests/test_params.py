@@ -33,6 +33,23 @@ def test_default_params_parse(committed_params_file: Path) -> None:
     assert isinstance(train, TrainParams)
     assert (train.learning_rate, train.batch_size, train.eval_every) == (1e-4, 64, 100)
     assert (train.patience, train.max_iterations, train.monitor) == (1000, 10000, "validation_accuracy")
+    # Every further rule and the schedule are off by default: the tutorial's run.
+    assert (split.train_size, split.label_noise) == (None, 0.0)
+    assert (train.start_from, train.baseline, train.stop_at, train.divergence) == (None, None, None, None)
+    assert (train.lr_schedule, train.lr_factor, train.lr_patience, train.lr_min) == ("constant", None, None, None)
+
+
+def test_the_options_parse_when_set(tmp_path: Path) -> None:
+    raw = default_raw()
+    raw["split"].update(train_size=2000, label_noise=0.4)
+    raw["train"].update(start_from=500, baseline=0.9, stop_at=0.99, divergence=0.5, lr_schedule="plateau",
+                        lr_factor=0.5, lr_patience=300, lr_min=1e-6)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    split, train = params.load("split", "train", path=path)
+    assert (split.train_size, split.label_noise) == (2000, 0.4)
+    assert (train.start_from, train.baseline, train.stop_at, train.divergence) == (500, 0.9, 0.99, 0.5)
+    assert (train.lr_schedule, train.lr_factor, train.lr_patience, train.lr_min) == ("plateau", 0.5, 300, 1e-6)
 
 
 def test_sections_are_frozen(committed_params_file: Path) -> None:
@@ -70,13 +87,20 @@ def add_section(name: str) -> Callable[[Raw], None]:
     return edit
 
 
+def set_keys(section: str, **values: Any) -> Callable[[Raw], None]:
+    def edit(raw: Raw) -> None:
+        raw[section].update(values)
+
+    return edit
+
+
 INT_SEED = "an integer between 0 and 2147483647"
 FILTERS = "a list of 1 to 4 integers, each between 1 and 1024"
 URLS = "a non-empty list of http(s):// or file:// URLs"
 
 CASES: list[tuple[str, Callable[[Raw], None], str]] = [
     ("unknown-key", set_key("split", "sede", 1),
-     "params.yaml: unknown key split.sede; allowed keys: validation_size, method, seed"),
+     "params.yaml: unknown key split.sede; allowed keys: validation_size, method, seed, train_size, label_noise"),
     ("unknown-section", add_section("trian"),
      "params.yaml: unknown section trian; allowed sections: download, split, model, train, evaluate, plots"),
     ("missing-key", remove("split", "seed"),
@@ -143,6 +167,45 @@ CASES: list[tuple[str, Callable[[Raw], None], str]] = [
      " (and nothing else) to {size: N, sha256: <64 hex digits>}"),
     ("inconsistent", set_key("train", "eval_every", 20000),
      "params.yaml: train.eval_every must be at most train.max_iterations (10000), got 20000"),
+    ("null-not-allowed", set_key("train", "patience", None),
+     "params.yaml: train.patience must be an integer between 1 and 10000000, got None"),
+    ("nullable-bad-value", set_key("train", "start_from", "soon"),
+     "params.yaml: train.start_from must be an integer between 1 and 10000000, or null (off), got 'soon'"),
+    ("noise-out-of-range", set_key("split", "label_noise", 1.0),
+     "params.yaml: split.label_noise must be a number at least 0.0 and at most 0.99, got 1.0"),
+    ("start-from-beyond-the-end", set_key("train", "start_from", 10001),
+     "params.yaml: train.start_from must be at most train.max_iterations (10000), got 10001: no evaluation"
+     " would count"),
+    ("accuracy-threshold-above-1", set_key("train", "stop_at", 1.5),
+     "params.yaml: train.stop_at must be at most 1 for validation_accuracy, got 1.5: it is an accuracy (0 to 1)"),
+    ("accuracy-divergence-0", set_key("train", "divergence", 0),
+     "params.yaml: train.divergence 0 can never be undercut by an accuracy (0 to 1); set it above 0 or to null"),
+    ("baseline-unbeatable", set_keys("train", baseline=0.995, min_delta=0.005),
+     "params.yaml: train.baseline 0.995 can never be beaten by more than train.min_delta (0.005) with an"
+     " accuracy (0 to 1); lower it or set it to null"),
+    ("loss-baseline-unbeatable", set_keys("train", monitor="validation_loss", baseline=0),
+     "params.yaml: train.baseline 0.0 can never be beaten by more than train.min_delta (0.0) with a loss"
+     " (at least 0); lower it or set it to null"),
+    ("divergence-not-worse-than-stop-at", set_keys("train", stop_at=0.9, divergence=0.95),
+     "params.yaml: train.divergence (0.95) must be below train.stop_at (0.9) for validation_accuracy"),
+    ("loss-divergence-not-worse", set_keys("train", monitor="validation_loss", stop_at=0.1, divergence=0.05),
+     "params.yaml: train.divergence (0.05) must be above train.stop_at (0.1) for validation_loss"),
+    ("plateau-key-with-constant", set_key("train", "lr_factor", 0.5),
+     "params.yaml: train.lr_factor is set (0.5) but train.lr_schedule is constant; set it to null, or"
+     " train.lr_schedule to plateau"),
+    ("plateau-without-factor", set_keys("train", lr_schedule="plateau", lr_patience=300),
+     "params.yaml: train.lr_factor must be set when train.lr_schedule is plateau, got null"),
+    ("plateau-factor-1", set_keys("train", lr_schedule="plateau", lr_factor=1.0, lr_patience=300),
+     "params.yaml: train.lr_factor must be below 1, got 1.0"),
+    ("plateau-patience-not-below", set_keys("train", lr_schedule="plateau", lr_factor=0.5, lr_patience=1000),
+     "params.yaml: train.lr_patience must be below train.patience (1000), got 1000: early stopping would stop"
+     " before the rate is ever reduced"),
+    ("plateau-floor-not-below", set_keys("train", lr_schedule="plateau", lr_factor=0.5, lr_patience=300,
+                                         lr_min=0.0001),
+     "params.yaml: train.lr_min must be below train.learning_rate (0.0001), got 0.0001: the rate could never be"
+     " reduced"),
+    ("unknown-schedule", set_key("train", "lr_schedule", "cosine"),
+     "params.yaml: train.lr_schedule must be one of constant, plateau, got 'cosine'"),
 ]
 
 

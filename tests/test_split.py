@@ -18,6 +18,11 @@ from tests.tiny_mnist import make_arrays, write_mirror
 METHODS = ("head", "shuffle", "stratified")
 
 
+def split_params(validation_size: int = 120, method: str = "head", seed: int = 3, train_size: int | None = None,
+                 label_noise: float = 0.0) -> SplitParams:
+    return SplitParams(validation_size, method, seed, train_size, label_noise)
+
+
 def skewed_labels(seed: int = 0) -> np.ndarray:
     """Labels with very unequal classes (class c appears 10 * (c + 1) times), in random order."""
     labels = np.repeat(np.arange(10, dtype=np.uint8), 10 * np.arange(1, 11))
@@ -41,7 +46,7 @@ def index_of(images: np.ndarray) -> np.ndarray:
 def test_sizes_and_partition(method: str) -> None:
     labels = skewed_labels()
     images = fake_images(labels)
-    parts = split_train(images, labels, SplitParams(validation_size=120, method=method, seed=3))
+    parts = split_train(images, labels, split_params(method=method))
     train_images, train_labels = parts["train"]
     val_images, val_labels = parts["validation"]
     assert train_images.shape == (430, 28, 28) and train_labels.shape == (430,)
@@ -119,11 +124,75 @@ def test_validation_must_leave_training_images(size: int) -> None:
 def test_data_metrics() -> None:
     labels = np.array([0, 0, 3, 9], dtype=np.uint8)
     splits = {"train": (fake_images(labels), labels), "test": (fake_images(labels[:1]), labels[:1])}
-    metrics = data_metrics(splits)
+    metrics = data_metrics(splits, split_params())
     assert metrics == {
         "train": {"size": 4, "class_counts": {"0": 2, "1": 0, "2": 0, "3": 1, "4": 0, "5": 0, "6": 0, "7": 0, "8": 0, "9": 1}},
         "test": {"size": 1, "class_counts": {"0": 1, **{str(c): 0 for c in range(1, 10)}}},
     }
+
+
+def test_data_metrics_record_the_regime_when_one_is_set() -> None:
+    labels = skewed_labels()
+    parts = split_train(fake_images(labels), labels, split_params(train_size=200, label_noise=0.25))
+    regime = data_metrics(parts, split_params(train_size=200, label_noise=0.25))["regime"]
+    assert regime == {"train_size": 200, "label_noise": 0.25, "changed_labels": 50}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_train_size_is_a_seeded_subset_of_the_train_part_only(method: str) -> None:
+    labels = skewed_labels()
+    images = fake_images(labels)
+    whole = split_train(images, labels, split_params(method=method))
+    parts = split_train(images, labels, split_params(method=method, train_size=100))
+    train_images, train_labels = parts["train"]
+    assert train_images.shape == (100, 28, 28) and train_labels.shape == (100,)
+    # Drawn from the train part, in its order, labels kept; validation exactly as without a subset.
+    train_idx = index_of(train_images)
+    assert set(train_idx) <= set(index_of(whole["train"][0])) and np.all(np.diff(train_idx) > 0)
+    np.testing.assert_array_equal(train_labels, labels[train_idx])
+    for a, b in zip(parts["validation"], whole["validation"]):
+        np.testing.assert_array_equal(a, b)
+    again = split_train(images, labels, split_params(method=method, train_size=100))
+    np.testing.assert_array_equal(again["train"][0], train_images)
+    other = split_train(images, labels, split_params(method=method, train_size=100, seed=4))
+    assert not np.array_equal(index_of(other["train"][0]), train_idx)
+
+
+def test_train_size_may_be_the_whole_train_part_and_no_more() -> None:
+    labels = skewed_labels()
+    images = fake_images(labels)
+    whole = split_train(images, labels, split_params())
+    np.testing.assert_array_equal(split_train(images, labels, split_params(train_size=430))["train"][0], whole["train"][0])
+    with pytest.raises(ValueError, match="split.train_size 431 is more than the 430 training images left"):
+        split_train(images, labels, split_params(train_size=431))
+
+
+@pytest.mark.parametrize("fraction,count", [(0.0, 0), (0.001, 0), (0.1, 43), (0.4, 172), (0.99, 426)])
+def test_label_noise_changes_exactly_that_fraction_of_training_labels_to_another_class(fraction, count) -> None:
+    labels = skewed_labels()
+    images = fake_images(labels)
+    clean = split_train(images, labels, split_params())
+    noisy = split_train(images, labels, split_params(label_noise=fraction))
+    changed = clean["train"][1] != noisy["train"][1]
+    # round(fraction * 430) labels, every one drawn really changed (never to its own class), digits only.
+    assert changed.sum() == count == round(fraction * 430)
+    assert noisy["train"][1].max() <= 9
+    np.testing.assert_array_equal(noisy["train"][0], clean["train"][0])
+    for a, b in zip(noisy["validation"], clean["validation"]):
+        np.testing.assert_array_equal(a, b)
+    again = split_train(images, labels, split_params(label_noise=fraction))
+    np.testing.assert_array_equal(again["train"][1], noisy["train"][1])
+
+
+def test_label_noise_spreads_over_the_other_classes_and_depends_on_the_seed() -> None:
+    from mnist_early_stopping.data.splits import noisy_labels
+
+    labels = np.zeros(9000, np.uint8)
+    noisy, changed = noisy_labels(labels, 1.0, seed=5)
+    assert changed.tolist() == list(range(9000)) and 0 not in noisy
+    # Each of the nine other digits gets about a ninth (1000 +- 5 sigma).
+    assert np.all(np.abs(np.bincount(noisy, minlength=10)[1:] - 1000) < 150)
+    assert not np.array_equal(noisy_labels(labels, 0.5, seed=5)[1], noisy_labels(labels, 0.5, seed=6)[1])
 
 
 def test_missing_raw_data_says_run_download(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

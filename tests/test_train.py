@@ -25,9 +25,11 @@ def test_log_line_matches_the_tutorial():
 def test_progress_note_gives_the_best_and_the_earliest_stop_with_its_eta():
     from mnist_early_stopping.training.loop import progress_note
 
-    assert progress_note(300, 200, 1000, 10000, 50.0) == "best at 200; stops at 1200 at the earliest, in 0:00:18"
-    assert progress_note(9500, 9000, 1000, 10000, 100.0) == "best at 9000; stops at 10000 at the earliest, in 0:00:05"
-    assert progress_note(100, 0, 1000, 10000, None) == "no best yet; stops at 1000 at the earliest, in ?"
+    assert progress_note(300, 200, 200, 1000, 10000, 50.0) == "best at 200; stops at 1200 at the earliest, in 0:00:18"
+    assert progress_note(9500, 9000, 9000, 1000, 10000, 100.0) == "best at 9000; stops at 10000 at the earliest, in 0:00:05"
+    assert progress_note(100, 0, 0, 1000, 10000, None) == "no best yet; stops at 1000 at the earliest, in ?"
+    # With train.baseline or train.start_from the clock may start elsewhere than at the best.
+    assert progress_note(700, 600, 0, 1000, 10000, None) == "best at 600; stops at 1000 at the earliest, in ?"
 
 
 def test_cpu_description_names_the_isa_limit_and_the_thread_count(monkeypatch: pytest.MonkeyPatch):

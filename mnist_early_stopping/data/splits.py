@@ -77,21 +77,54 @@ def split_train(
     held_out = validation_indices(labels, cfg.validation_size, cfg.method, cfg.seed)
     keep = np.ones(labels.shape[0], dtype=bool)
     keep[held_out] = False
+    train_images, train_labels = images[keep], labels[keep]
+    if cfg.train_size is not None:
+        if cfg.train_size > len(train_labels):
+            raise SplitSizeError(
+                f"split.train_size {cfg.train_size} is more than the {len(train_labels)} training images left "
+                f"after split.validation_size {cfg.validation_size}; set it to at most {len(train_labels)} or null"
+            )
+        # Streams of their own: the subset does not depend on the method, nor the noise on the subset's draw.
+        subset = np.sort(np.random.default_rng([cfg.seed, 1]).permutation(len(train_labels))[: cfg.train_size])
+        train_images, train_labels = train_images[subset], train_labels[subset]
+    train_labels, _ = noisy_labels(train_labels, cfg.label_noise, cfg.seed)
     return {
-        "train": (images[keep], labels[keep]),
+        "train": (train_images, train_labels),
         "validation": (images[held_out], labels[held_out]),
     }
 
 
-def data_metrics(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
-    """Size and class counts of each split (counts keyed by digit: `dvc metrics show` drops lists)."""
-    return {
+def noisy_labels(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The labels with round(fraction * N) of them, drawn at random, each replaced by a different random
+    class; and the indices changed, in ascending order."""
+    count = round(fraction * len(labels))
+    if count == 0:
+        return labels, np.zeros(0, np.int64)
+    rng = np.random.default_rng([seed, 2])
+    changed = np.sort(rng.choice(len(labels), size=count, replace=False))
+    noisy = labels.copy()
+    # A shift of 1 to 9 classes: uniform over the nine other digits, never the true one.
+    noisy[changed] = (labels[changed] + rng.integers(1, NUM_CLASSES, size=count)) % NUM_CLASSES
+    return noisy, changed
+
+
+def data_metrics(splits: dict[str, tuple[np.ndarray, np.ndarray]], cfg: params.SplitParams) -> dict[str, dict]:
+    """Size and class counts of each split (counts keyed by digit: `dvc metrics show` drops lists), and the
+    training regime: the subset's size, the label noise asked for and the labels it changed."""
+    metrics: dict[str, dict] = {
         name: {
             "size": int(labels.shape[0]),
             "class_counts": {str(c): int(n) for c, n in enumerate(np.bincount(labels, minlength=NUM_CLASSES))},
         }
         for name, (_, labels) in splits.items()
     }
+    if cfg.train_size is not None or cfg.label_noise:  # the default run's data.json stays as it was
+        metrics["regime"] = {
+            "train_size": cfg.train_size,
+            "label_noise": cfg.label_noise,
+            "changed_labels": round(cfg.label_noise * metrics["train"]["size"]),
+        }
+    return metrics
 
 
 def npz_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
@@ -101,9 +134,9 @@ def npz_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def save_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
+def save_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], cfg: params.SplitParams) -> dict[str, dict]:
     """Write every split's .npz and metrics/data.json, all or none; return the metrics."""
-    metrics = data_metrics(splits)
+    metrics = data_metrics(splits, cfg)
     files = {split_path(name): npz_bytes(images, labels) for name, (images, labels) in splits.items()}
     write_files({**files, DATA_METRICS: json_bytes(metrics)})
     return metrics

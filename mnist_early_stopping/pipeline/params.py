@@ -41,6 +41,10 @@ def _int_list(low: int, high: int, min_len: int, max_len: int) -> dict[str, Any]
     return {"kind": "int_list", "low": low, "high": high, "min_len": min_len, "max_len": max_len}
 
 
+def _or_null(spec: dict[str, Any]) -> dict[str, Any]:
+    return {**spec, "nullable": True}
+
+
 def _url_list() -> dict[str, Any]:
     return {"kind": "url_list"}
 
@@ -87,7 +91,11 @@ class SplitParams:
     """head: the first images (the tutorial); shuffle: a seeded random subset;
     stratified: a seeded subset with the same class proportions as the whole."""
     seed: int = field(metadata=_int(0, 2**31 - 1))
-    """Seed for shuffle and stratified; unused by head."""
+    """Seed for shuffle and stratified, and for train_size and label_noise."""
+    train_size: int | None = field(metadata=_or_null(_int(1, 59999)))
+    """Train on a seeded random subset of this many of the train split's images (null: all of them)."""
+    label_noise: float = field(metadata=_float(0.0, 0.99))
+    """Fraction of the training labels replaced by a different, random class (validation and test stay clean)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,22 @@ class TrainParams:
     """How much better than the best a value must be to count as improvement."""
     monitor: str = field(metadata=_choice("validation_accuracy", "validation_loss"))
     """Metric that decides improvement: accuracy is maximised, loss minimised."""
+    start_from: int | None = field(metadata=_or_null(_int(1, 10_000_000)))
+    """Evaluations before this iteration are only logged; the patience clock starts here (Keras start_from_epoch)."""
+    baseline: float | None = field(metadata=_or_null(_float(0.0, 1e9)))
+    """Only an improvement that also beats this value restarts the patience clock (Keras baseline)."""
+    stop_at: float | None = field(metadata=_or_null(_float(0.0, 1e9)))
+    """Stop at the first evaluation at this value or better (Lightning stopping_threshold)."""
+    divergence: float | None = field(metadata=_or_null(_float(0.0, 1e9)))
+    """Stop at the first evaluation worse than this value (Lightning divergence_threshold)."""
+    lr_schedule: str = field(metadata=_choice("constant", "plateau"))
+    """constant: train.learning_rate throughout; plateau: reduced on a plateau (Keras ReduceLROnPlateau)."""
+    lr_factor: float | None = field(metadata=_or_null(_float(0.0, 1.0, low_open=True)))
+    """plateau: the rate is multiplied by this on a plateau; below 1."""
+    lr_patience: int | None = field(metadata=_or_null(_int(1, 10_000_000)))
+    """plateau: iterations without improvement before a reduction; below train.patience."""
+    lr_min: float | None = field(metadata=_or_null(_float(0.0, 1.0)))
+    """plateau: the rate is never reduced below this (null: no floor)."""
     seed: int = field(metadata=_int(0, 2**31 - 1))
     """Seed for weight initialisation and batch order."""
     checkpoint_every: int = field(metadata=_int(1, 10_000_000))
@@ -166,6 +190,8 @@ T = TypeVar("T")
 
 def _describe(spec: dict[str, Any]) -> str:
     kind = spec["kind"]
+    if spec.get("nullable"):
+        return _describe({**spec, "nullable": False}) + ", or null (off)"
     if kind == "int":
         return f"an integer between {spec['low']} and {spec['high']}"
     if kind == "float":
@@ -263,6 +289,9 @@ def parse_section(name: str, raw: Any, cls: type[T]) -> T:
                 f"params.yaml: missing key {name}.{key}, which must be {_describe(dict(f.metadata))}"
             )
         spec = dict(f.metadata)
+        if raw[key] is None and spec.get("nullable"):
+            values[key] = None
+            continue
         value = _valid(raw[key], spec)
         if value is None and spec["kind"] == "digest_table":
             raise ParamsError(
@@ -347,3 +376,70 @@ def check_consistency(parsed: dict[str, Any]) -> None:
             f"params.yaml: train.eval_every must be at most train.max_iterations "
             f"({train.max_iterations}), got {train.eval_every}"
         )
+    if train.start_from is not None and train.start_from > train.max_iterations:
+        raise ParamsError(
+            f"params.yaml: train.start_from must be at most train.max_iterations ({train.max_iterations}), "
+            f"got {train.start_from}: no evaluation would count"
+        )
+    problems = [*threshold_problems(train), *schedule_problems(train)]
+    if problems:
+        raise ParamsError(f"params.yaml: {problems[0]}")
+
+
+def threshold_problems(train: TrainParams) -> list[str]:
+    """Thresholds the monitored value can never reach (accuracy is in [0, 1], a loss is at least 0)."""
+    accuracy = train.monitor == "validation_accuracy"
+    unit = "an accuracy (0 to 1)" if accuracy else "a loss (at least 0)"
+    problems = []
+    for key in ("stop_at", "divergence"):
+        value = getattr(train, key)
+        if value is not None and accuracy and value > 1:
+            problems.append(f"train.{key} must be at most 1 for {train.monitor}, got {value}: it is {unit}")
+    if train.divergence is not None and accuracy and train.divergence == 0:
+        problems.append(f"train.divergence 0 can never be undercut by {unit}; set it above 0 or to null")
+    if train.baseline is not None:
+        beatable = train.baseline + train.min_delta < 1 if accuracy else train.baseline - train.min_delta > 0
+        if not beatable:
+            problems.append(
+                f"train.baseline {train.baseline} can never be beaten by more than train.min_delta "
+                f"({train.min_delta}) with {unit}; lower it or set it to null"
+            )
+    if train.stop_at is not None and train.divergence is not None:
+        worse = train.divergence < train.stop_at if accuracy else train.divergence > train.stop_at
+        if not worse:
+            side = "below" if accuracy else "above"
+            problems.append(
+                f"train.divergence ({train.divergence}) must be {side} train.stop_at ({train.stop_at}) "
+                f"for {train.monitor}"
+            )
+    return problems
+
+
+PLATEAU_KEYS = ("lr_factor", "lr_patience", "lr_min")
+
+
+def schedule_problems(train: TrainParams) -> list[str]:
+    """The learning-rate schedule's keys: set exactly when the schedule uses them."""
+    if train.lr_schedule == "constant":
+        return [
+            f"train.{key} is set ({getattr(train, key)}) but train.lr_schedule is constant; "
+            "set it to null, or train.lr_schedule to plateau"
+            for key in PLATEAU_KEYS if getattr(train, key) is not None
+        ]
+    problems = [
+        f"train.{key} must be set when train.lr_schedule is plateau, got null"
+        for key in ("lr_factor", "lr_patience") if getattr(train, key) is None
+    ]
+    if train.lr_factor is not None and train.lr_factor >= 1:
+        problems.append(f"train.lr_factor must be below 1, got {train.lr_factor}")
+    if train.lr_patience is not None and train.lr_patience >= train.patience:
+        problems.append(
+            f"train.lr_patience must be below train.patience ({train.patience}), got {train.lr_patience}: "
+            "early stopping would stop before the rate is ever reduced"
+        )
+    if train.lr_min is not None and train.lr_min >= train.learning_rate:
+        problems.append(
+            f"train.lr_min must be below train.learning_rate ({train.learning_rate}), got {train.lr_min}: "
+            "the rate could never be reduced"
+        )
+    return problems

@@ -165,6 +165,10 @@ class Trainer:
             "train_batch_loss": tf.reduce_mean(cross_entropy(labels, probabilities)),
         }
 
+    def set_learning_rate(self, rate: float) -> None:
+        """The learning rate of the iterations from now on (a variable the compiled steps read)."""
+        self.optimizer.learning_rate.assign(rate)
+
     def train_until(self, iteration: int) -> dict[str, float]:
         """Train up to `iteration`; return accuracy and loss on the last training batch."""
         count = tf.constant(iteration - self.iteration, tf.int64)

@@ -55,7 +55,7 @@ from mnist_early_stopping.pipeline.layout import (
 from mnist_early_stopping.pipeline.stage import StageError, say, verify_inputs
 from mnist_early_stopping.pipeline.tf_runtime import import_tensorflow
 from mnist_early_stopping.training import checkpoints, distribute
-from mnist_early_stopping.training.early_stopping import EarlyStopping, evaluation_points
+from mnist_early_stopping.training.early_stopping import EarlyStopping, Plateau, evaluation_points
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -146,29 +146,46 @@ class LoopState:
 
     stopper: EarlyStopping
     manifest_sha256: str
+    schedule: Plateau | None = None
     history: list[Row] = field(default_factory=list)
     wall_before: float = 0.0
 
+    @classmethod
+    def fresh(cls, cfg: params.TrainParams, manifest_sha256: str) -> LoopState:
+        """The state before the first iteration."""
+        stopper = EarlyStopping(cfg.monitor, cfg.patience, cfg.min_delta, cfg.max_iterations, cfg.start_from,
+                                cfg.baseline, cfg.stop_at, cfg.divergence)
+        schedule = None
+        if cfg.lr_schedule == "plateau":
+            assert cfg.lr_factor is not None and cfg.lr_patience is not None  # checked by params
+            schedule = Plateau(cfg.monitor, cfg.lr_factor, cfg.lr_patience, cfg.min_delta, cfg.lr_min or 0.0,
+                               cfg.learning_rate)
+        return cls(stopper, manifest_sha256, schedule)
+
     def snapshot(self, wall: float) -> dict[str, Any]:
         """JSON-able state for a checkpoint, at `wall` seconds of training in all, bound to the run's manifest."""
-        return {"early_stopping": self.stopper.state(), "history": self.history, "wall_seconds": wall,
-                "manifest_sha256": self.manifest_sha256}
+        state = {"early_stopping": self.stopper.state(), "history": self.history, "wall_seconds": wall,
+                 "manifest_sha256": self.manifest_sha256}
+        if self.schedule is not None:  # the default run's checkpoints stay as they were
+            state["lr_schedule"] = self.schedule.state()
+        return state
 
     @classmethod
     def from_snapshot(cls, state: dict[str, Any]) -> LoopState:
         """Rebuild from `snapshot()`."""
-        return cls(EarlyStopping.from_state(state["early_stopping"]), state["manifest_sha256"], state["history"],
-                   state["wall_seconds"])
+        schedule = Plateau.from_state(state["lr_schedule"]) if "lr_schedule" in state else None
+        return cls(EarlyStopping.from_state(state["early_stopping"]), state["manifest_sha256"], schedule,
+                   state["history"], state["wall_seconds"])
 
 
 # A sink receives every evaluation row, in order; adding one touches only `sinks()`.
 Sink = Callable[[Row], None]
 
 
-def progress_note(iteration: int, best_iteration: int, patience: int, max_iterations: int,
+def progress_note(iteration: int, best_iteration: int, clock_start: int, patience: int, max_iterations: int,
                   rate: float | None) -> str:
-    """The bar's note: the best so far, the earliest the rule can stop (best + patience) and how soon."""
-    earliest = min(best_iteration + patience, max_iterations)
+    """The bar's note: the best so far, the earliest the rule can stop (clock start + patience) and how soon."""
+    earliest = min(clock_start + patience, max_iterations)
     eta = f"in {timedelta(seconds=round((earliest - iteration) / rate))}" if rate else "in ?"
     best = f"best at {best_iteration}" if best_iteration else "no best yet"
     return f"{best}; stops at {earliest} at the earliest, {eta}"
@@ -179,11 +196,11 @@ class ProgressSink:
     which hands the stage its terminal); plain lines in a pipe or CI.
 
     The bar shows the iteration out of train.max_iterations with tqdm's ETA to it, and the earliest
-    stop the rule allows (best + patience) with the ETA to that.
+    stop the rule allows (where its patience clock started + patience) with the ETA to that.
     """
 
-    def __init__(self, start_iteration: int, best_iteration: int, cfg: params.TrainParams) -> None:
-        self.last, self.best, self.cfg = start_iteration, best_iteration, cfg
+    def __init__(self, start_iteration: int, stopper: EarlyStopping, cfg: params.TrainParams) -> None:
+        self.last, self.stopper, self.cfg = start_iteration, stopper, cfg
         self.bar = None
         if sys.stdout.isatty():
             from tqdm import tqdm
@@ -193,15 +210,14 @@ class ProgressSink:
 
     def __call__(self, row: Row) -> None:
         line = log_line(row["iteration"], row["train_batch_accuracy"], row["validation_accuracy"], row["improved"])
-        if row["improved"]:
-            self.best = row["iteration"]
         if self.bar is None:
             print(line, flush=True)
             return
         self.bar.update(row["iteration"] - self.last)
         self.bar.write(line)
         rate = self.bar.format_dict.get("rate")
-        self.bar.set_postfix_str(progress_note(row["iteration"], self.best, self.cfg.patience,
+        self.bar.set_postfix_str(progress_note(row["iteration"], self.stopper.best_iteration,
+                                               self.stopper.clock_start, self.cfg.patience,
                                                self.cfg.max_iterations, rate))
         self.last = row["iteration"]
 
@@ -230,6 +246,8 @@ class LiveSink:
         with live_writes():
             for name in CURVES:
                 self.live.log_metric(name, row[name])
+            if "learning_rate" in row:  # only when the schedule is not constant
+                self.live.log_metric("learning_rate", row["learning_rate"])
             self.live.next_step()
 
 
@@ -259,14 +277,17 @@ def sinks(runner: Trainer, state: LoopState, progress: ProgressSink | None) -> l
     return [save_best, state.history.append, LiveSink(state.history), progress]
 
 
-def evaluation_step(runner: Trainer, stopper: EarlyStopping, point: int) -> Row:
-    """Train up to `point`, validate, and apply the stopping rule: one row of the history."""
+def evaluation_step(runner: Trainer, state: LoopState, point: int) -> Row:
+    """Train up to `point`, validate, apply the stopping rule and the schedule: one row of the history."""
     with timings.phase("train steps"):
         row: Row = {"iteration": point, **runner.train_until(point)}
     with timings.phase("validation"):
         row.update(runner.validate())
     monitored = {k: row[k] for k in ("train_batch_loss", "validation_loss", "validation_accuracy")}
-    row["improved"] = stopper.update(point, monitored)
+    row["improved"] = state.stopper.update(point, monitored)
+    if state.schedule is not None:
+        row["learning_rate"] = state.schedule.learning_rate  # the rate of the iterations up to this evaluation
+        runner.set_learning_rate(state.schedule.update(point, row[state.stopper.monitor]))
     return row
 
 
@@ -327,8 +348,10 @@ def start_or_resume(
     snapshot = runner.share_state(snapshot)
     if snapshot is None:
         runner.save_initial()
-        return LoopState(EarlyStopping(cfg.monitor, cfg.patience, cfg.min_delta, cfg.max_iterations), digest)
+        return LoopState.fresh(cfg, digest)
     state = LoopState.from_snapshot(snapshot)
+    if state.schedule is not None:
+        runner.set_learning_rate(state.schedule.learning_rate)
     if entry is not None:
         say(f"resuming from the checkpoint at iteration {runner.iteration} (best so far at "
               f"{state.stopper.best_iteration})")
@@ -361,7 +384,7 @@ def run(
         runner.trace()
 
     start_iteration = runner.iteration
-    progress = ProgressSink(start_iteration, state.stopper.best_iteration, cfg) if chief else None
+    progress = ProgressSink(start_iteration, state.stopper, cfg) if chief else None
     with timings.phase("set up"):  # DVCLive's import and its first files
         row_sinks = sinks(runner, state, progress)
     stop = StopRequest()
@@ -373,7 +396,7 @@ def run(
         with timings.phase("loop: other work"):  # the log, the live curves, Python: what the phases within leave
             for point in [] if resumed_finished else evaluation_points(cfg.eval_every, cfg.max_iterations,
                                                                        start_iteration):
-                row = evaluation_step(runner, state.stopper, point)
+                row = evaluation_step(runner, state, point)
                 for sink in row_sinks:
                     sink(row)
                 finished = state.stopper.stop_reason is not None
@@ -408,10 +431,22 @@ def interrupted(point: int, signum: int, chief: bool) -> None:
 def report_stop(stopper: EarlyStopping, iteration: int, max_iterations: int, wall: float) -> None:
     """Say why training stopped (the tutorial's lines) and how long it took."""
     if stopper.best_value is None:
+        if stopper.start_from is not None and iteration < stopper.start_from:
+            raise StageError(f"training stopped ({stopper.stop_reason}) at iteration {iteration}, before "
+                             f"train.start_from ({stopper.start_from}), so no evaluation counted and there is no "
+                             "best network to save. Lower train.start_from or train.learning_rate.")
         raise StageError("no evaluation gave a finite validation value, so there is no best "
                          "network to save. Try a lower train.learning_rate or train.precision: float32.")
+    monitor = stopper.monitor.replace("_", " ")
     if stopper.stop_reason == "patience":
         print("No improvement found in a while, stopping optimization.")
+    elif stopper.stop_reason == "baseline":
+        print(f"No {monitor} beat train.baseline ({stopper.baseline}) in train.patience iterations, "
+              "stopping optimization.")
+    elif stopper.stop_reason == "threshold":
+        print(f"The {monitor} reached train.stop_at ({stopper.stop_at}), stopping optimization.")
+    elif stopper.stop_reason == "divergence":
+        print(f"The {monitor} is worse than train.divergence ({stopper.divergence}), stopping optimization.")
     elif stopper.stop_reason == "non_finite":
         say(f"loss is not finite at iteration {iteration}; stopping. "
               "Try a lower train.learning_rate or train.precision: float32.")
@@ -452,6 +487,8 @@ def finish(
         # What evaluate checks before scoring: the best network it loads is this run's.
         "best_network_sha256": best_network_digests(),
     }
+    if state.schedule is not None:  # the default run's train.json stays as it was
+        metrics["final_learning_rate"] = state.schedule.learning_rate
     write_json(TRAIN_METRICS, metrics)
 
 
