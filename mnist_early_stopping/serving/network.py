@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -9,10 +10,7 @@ import numpy as np
 
 from mnist_early_stopping.pipeline.layout import IMAGE_SHAPE, PIXEL_SCALE, PROVENANCE_DIR, PROVENANCE_NAME
 from mnist_early_stopping.pipeline.stage import first_line
-
-
-class NetworkError(Exception):
-    """A network file is missing or cannot be loaded."""
+from mnist_early_stopping.serving.keras_archive import JSON_CAP, NetworkError, read_capped, write_checked
 
 
 class Network:
@@ -74,20 +72,32 @@ def load_keras_network(path: Path, batch_size: int) -> Network:
 
     Safe mode rebuilds the network from its config with Keras's own layers
     and loads the weights: no graph and no code stored in the file runs, so
-    this is the way to load a network from an untrusted source.
+    this is the way to load a network from an untrusted source. The archive
+    is checked first and Keras reads a copy of only its checked members, so
+    a zip bomb fills neither the memory nor the disk.
     """
     path = Path(path)
     if not path.is_file():
         raise NetworkError(f"{path} is not a .keras file")
-    from mnist_early_stopping.pipeline.tf_runtime import import_tensorflow
+    # Keras's public loader takes a path, not a file object. With three
+    # members it extracts nothing; should it extract the weights (low on
+    # memory), it does so next to the copy: all removed with the directory.
+    with tempfile.TemporaryDirectory(prefix="checked-keras-") as folder:
+        copy = Path(folder, "network.keras")
+        try:
+            write_checked(path, copy)
+        except OSError as e:  # writing the copy, not reading the file
+            raise NetworkError(f"{path} could not be checked: no room for a copy in {folder} "
+                               f"({first_line(e)})") from None
+        from mnist_early_stopping.pipeline.tf_runtime import import_tensorflow
 
-    import_tensorflow()  # Keras imports TensorFlow: without its start-up noise
-    import keras
+        import_tensorflow()  # Keras imports TensorFlow: without its start-up noise
+        import keras
 
-    try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as e:  # a bad archive fails in many ways: zipfile, JSON, h5py, a refused lambda...
-        raise NetworkError(f"{path} is not a loadable .keras file ({first_line(e)})") from None
+        try:
+            model = keras.saving.load_model(copy, safe_mode=True, compile=False)
+        except Exception as e:  # a bad archive fails in many ways: zipfile, JSON, h5py, a refused lambda...
+            raise NetworkError(f"{path} is not a loadable .keras file ({first_line(e)})") from None
     return checked_network(path, lambda images: model(images, training=False), batch_size)
 
 
@@ -107,7 +117,7 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
     try:
         if path.suffix == ".keras":
             with zipfile.ZipFile(path) as archive:
-                return json.loads(archive.read(PROVENANCE_NAME))
+                return json.loads(read_capped(archive, PROVENANCE_NAME, JSON_CAP, path))
         return json.loads((path / PROVENANCE_DIR / PROVENANCE_NAME).read_text(encoding="utf-8"))
-    except (OSError, KeyError, ValueError, RecursionError, zipfile.BadZipFile):
+    except (OSError, KeyError, ValueError, RecursionError, zipfile.BadZipFile, NetworkError):
         return None
