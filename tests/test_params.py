@@ -204,8 +204,18 @@ CASES: list[tuple[str, Callable[[Raw], None], str]] = [
                                          lr_min=0.0001),
      "params.yaml: train.lr_min must be below train.learning_rate (0.0001), got 0.0001: the rate could never be"
      " reduced"),
-    ("unknown-schedule", set_key("train", "lr_schedule", "cosine"),
-     "params.yaml: train.lr_schedule must be one of constant, plateau, got 'cosine'"),
+    ("cosine-without-warmup", set_key("train", "lr_schedule", "cosine"),
+     "params.yaml: train.lr_warmup must be set when train.lr_schedule is cosine, got null"),
+    ("warmup-with-plateau", set_keys("train", lr_schedule="plateau", lr_factor=0.5, lr_patience=300, lr_warmup=10),
+     "params.yaml: train.lr_warmup is set (10) but train.lr_schedule is plateau; set it to null, or"
+     " train.lr_schedule to cosine"),
+    ("floor-with-constant", set_key("train", "lr_min", 0.00001),
+     "params.yaml: train.lr_min is set (1e-05) but train.lr_schedule is constant; set it to null, or"
+     " train.lr_schedule to plateau or cosine"),
+    ("warmup-beyond-the-end", set_keys("train", lr_schedule="cosine", lr_warmup=10000),
+     "params.yaml: train.lr_warmup must be below train.max_iterations (10000), got 10000"),
+    ("unknown-schedule", set_key("train", "lr_schedule", "one_cycle"),
+     "params.yaml: train.lr_schedule must be one of constant, plateau, cosine, got 'one_cycle'"),
 ]
 
 

@@ -121,3 +121,25 @@ def test_plateau_schedule_logs_its_rate_and_resumes_after_sigkill_to_the_uninter
     assert {k: again[k] for k in keys} == {k: first[k] for k in keys}
     assert read_curves(project) == first_history and learning_rates(project) == first_rates
 
+
+
+@pytest.mark.slow
+def test_cosine_schedule_warms_up_decays_to_its_floor_and_resumes_after_sigkill_exactly(prepared):
+    project, env = prepared
+    write_params(project, {"train": {"lr_schedule": "cosine", "lr_warmup": 40, "lr_min": 0.0001,
+                                     "max_iterations": 200, "patience": 200, "checkpoint_every": 20}})
+    run_stage(project, "train", env)
+    first, first_history, first_rates = train_metrics(project), read_curves(project), learning_rates(project)
+    rates = dict(first_rates)
+    # The rate of the next iteration: halfway up the warm-up at 20, at its peak at 40, then down to the floor.
+    assert rates[20] == pytest.approx(0.001) and rates[40] == pytest.approx(0.002)
+    assert all(a > b for a, b in zip(list(rates.values())[1:], list(rates.values())[2:]))
+    assert rates[200] == pytest.approx(0.0001) and first["final_learning_rate"] == pytest.approx(0.0001)
+
+    (project / "metrics/train.json").unlink()
+    kill_after_checkpoint_beyond(project, env, 60)
+    assert "resuming from the checkpoint" in run_stage(project, "train", env).stdout
+    again = train_metrics(project)
+    for key in ("best_iteration", "stopped_iteration", "best_validation_accuracy", "final_learning_rate"):
+        assert again[key] == first[key], key
+    assert read_curves(project) == first_history and learning_rates(project) == first_rates

@@ -136,14 +136,17 @@ class TrainParams:
     """Stop at the first evaluation at this value or better (Lightning stopping_threshold)."""
     divergence: float | None = field(metadata=_or_null(_float(0.0, 1e9)))
     """Stop at the first evaluation worse than this value (Lightning divergence_threshold)."""
-    lr_schedule: str = field(metadata=_choice("constant", "plateau"))
-    """constant: train.learning_rate throughout; plateau: reduced on a plateau (Keras ReduceLROnPlateau)."""
+    lr_schedule: str = field(metadata=_choice("constant", "plateau", "cosine"))
+    """constant: train.learning_rate throughout; plateau: reduced on a plateau (Keras ReduceLROnPlateau);
+    cosine: a linear warm-up to train.learning_rate, then a cosine decay to lr_min at max_iterations."""
     lr_factor: float | None = field(metadata=_or_null(_float(0.0, 1.0, low_open=True)))
     """plateau: the rate is multiplied by this on a plateau; below 1."""
     lr_patience: int | None = field(metadata=_or_null(_int(1, 10_000_000)))
     """plateau: iterations without improvement before a reduction; below train.patience."""
     lr_min: float | None = field(metadata=_or_null(_float(0.0, 1.0)))
-    """plateau: the rate is never reduced below this (null: no floor)."""
+    """plateau: the rate is never reduced below this; cosine: the rate at max_iterations (null: 0)."""
+    lr_warmup: int | None = field(metadata=_or_null(_int(0, 10_000_000)))
+    """cosine: iterations of linear warm-up from 0 to train.learning_rate; below max_iterations."""
     seed: int = field(metadata=_int(0, 2**31 - 1))
     """Seed for weight initialisation and batch order."""
     checkpoint_every: int = field(metadata=_int(1, 10_000_000))
@@ -415,21 +418,33 @@ def threshold_problems(train: TrainParams) -> list[str]:
     return problems
 
 
-PLATEAU_KEYS = ("lr_factor", "lr_patience", "lr_min")
+# Each schedule's keys: those it needs, and those it may leave null.
+SCHEDULE_KEYS = {
+    "constant": ((), ()),
+    "plateau": (("lr_factor", "lr_patience"), ("lr_min",)),
+    "cosine": (("lr_warmup",), ("lr_min",)),
+}
 
 
 def schedule_problems(train: TrainParams) -> list[str]:
     """The learning-rate schedule's keys: set exactly when the schedule uses them."""
-    if train.lr_schedule == "constant":
-        return [
-            f"train.{key} is set ({getattr(train, key)}) but train.lr_schedule is constant; "
-            "set it to null, or train.lr_schedule to plateau"
-            for key in PLATEAU_KEYS if getattr(train, key) is not None
-        ]
+    needed, optional = SCHEDULE_KEYS[train.lr_schedule]
+    users: dict[str, list[str]] = {}
+    for name, keys in SCHEDULE_KEYS.items():
+        for key in (*keys[0], *keys[1]):
+            users.setdefault(key, []).append(name)
     problems = [
-        f"train.{key} must be set when train.lr_schedule is plateau, got null"
-        for key in ("lr_factor", "lr_patience") if getattr(train, key) is None
+        f"train.{key} is set ({getattr(train, key)}) but train.lr_schedule is {train.lr_schedule}; "
+        f"set it to null, or train.lr_schedule to {' or '.join(users[key])}"
+        for key in users if key not in (*needed, *optional) and getattr(train, key) is not None
     ]
+    problems += [
+        f"train.{key} must be set when train.lr_schedule is {train.lr_schedule}, got null"
+        for key in needed if getattr(train, key) is None
+    ]
+    if train.lr_warmup is not None and train.lr_warmup >= train.max_iterations:
+        problems.append(f"train.lr_warmup must be below train.max_iterations ({train.max_iterations}), "
+                        f"got {train.lr_warmup}")
     if train.lr_factor is not None and train.lr_factor >= 1:
         problems.append(f"train.lr_factor must be below 1, got {train.lr_factor}")
     if train.lr_patience is not None and train.lr_patience >= train.patience:

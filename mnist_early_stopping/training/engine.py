@@ -35,8 +35,20 @@ def configure(cfg: params.TrainParams) -> None:
 
 
 def adam(cfg: params.TrainParams) -> keras.optimizers.Optimizer:
-    """The run's optimiser: Adam at `train.learning_rate` (the training's, and the one .keras files are compiled with)."""
-    return keras.optimizers.Adam(cfg.learning_rate)
+    """The run's optimiser (the training's, and the one .keras files are compiled with): Adam at
+    `train.learning_rate`, or on its cosine schedule, a function of the optimiser's step count (so a
+    resumed run, which restores that count, continues the schedule exactly)."""
+    if cfg.lr_schedule != "cosine":
+        return keras.optimizers.Adam(cfg.learning_rate)
+    warmup = cfg.lr_warmup or 0
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else cfg.learning_rate,
+        decay_steps=cfg.max_iterations - warmup,
+        alpha=(cfg.lr_min or 0.0) / cfg.learning_rate,
+        warmup_target=cfg.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.Adam(schedule)
 
 
 def cross_entropy(labels: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
@@ -168,6 +180,10 @@ class Trainer:
     def set_learning_rate(self, rate: float) -> None:
         """The learning rate of the iterations from now on (a variable the compiled steps read)."""
         self.optimizer.learning_rate.assign(rate)
+
+    def learning_rate(self) -> float:
+        """The learning rate of the next iteration."""
+        return float(self.optimizer.learning_rate)
 
     def train_until(self, iteration: int) -> dict[str, float]:
         """Train up to `iteration`; return accuracy and loss on the last training batch."""

@@ -288,6 +288,8 @@ def evaluation_step(runner: Trainer, state: LoopState, point: int) -> Row:
     if state.schedule is not None:
         row["learning_rate"] = state.schedule.learning_rate  # the rate of the iterations up to this evaluation
         runner.set_learning_rate(state.schedule.update(point, row[state.stopper.monitor]))
+    elif runner.cfg.lr_schedule != "constant":  # a function of the iteration, in the optimiser
+        row["learning_rate"] = runner.learning_rate()
     return row
 
 
@@ -487,8 +489,8 @@ def finish(
         # What evaluate checks before scoring: the best network it loads is this run's.
         "best_network_sha256": best_network_digests(),
     }
-    if state.schedule is not None:  # the default run's train.json stays as it was
-        metrics["final_learning_rate"] = state.schedule.learning_rate
+    if cfg.lr_schedule != "constant":  # the default run's train.json stays as it was
+        metrics["final_learning_rate"] = state.schedule.learning_rate if state.schedule else runner.learning_rate()
     write_json(TRAIN_METRICS, metrics)
 
 
