@@ -85,11 +85,35 @@ def test_class_metrics_and_confusion_equal_scikit_learns(seed: int) -> None:
     )
 
 
-def test_cross_entropy_clips_zero_probabilities() -> None:
+def test_cross_entropy_floors_only_an_underflowed_probability() -> None:
     p = np.zeros((1, 10), dtype=np.float32)
     p[0, 3] = 1.0
-    assert evaluate.cross_entropy(np.array([3]), p)[0] == pytest.approx(-math.log(1 - 1e-7))
-    assert evaluate.cross_entropy(np.array([4]), p)[0] == pytest.approx(-math.log(1e-7))
+    assert evaluate.cross_entropy(np.array([3]), p)[0] == 0.0
+    assert evaluate.cross_entropy(np.array([4]), p)[0] == pytest.approx(-math.log(evaluate.FLOOR))
+
+
+def test_cross_entropy_is_training_s_on_confident_mistakes() -> None:
+    """An overfitted network's confident mistakes (p far below Keras's epsilon 1e-7) cost what training
+    computed: the validation loss the restore check compares is the same quantity on both sides."""
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    from mnist_early_stopping.training.engine import cross_entropy as training_cross_entropy
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (500, 10)).astype(np.float32)
+    logits[:50, 0] += 40.0  # class 0 at p ~ 1, the labels elsewhere: p_true ~ 1e-17
+    labels = np.where(np.arange(500) < 50, 1 + np.arange(500) % 9, rng.integers(0, 10, 500)).astype(np.int32)
+    softmax = keras.layers.Activation("softmax")
+
+    @tf.function
+    def training_losses(z):  # as the train stage's validation: a softmax output, in a compiled function
+        return training_cross_entropy(tf.constant(labels), softmax(z))
+
+    expected = training_losses(tf.constant(logits)).numpy().astype(np.float64)
+    assert expected[:50].min() > 20  # beyond -log(1e-7) = 16.1: no clipping
+    ours = evaluate.cross_entropy(labels, tf.nn.softmax(logits).numpy())
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_restore_check_accepts_float_noise_only() -> None:

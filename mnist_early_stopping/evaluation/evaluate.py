@@ -50,15 +50,19 @@ RESTORE_TOLERANCE = 1e-9
 LOSS_RELATIVE_TOLERANCE = 1e-5
 # float32 rounding of log(p) near p = 1 is absolute, whatever the loss: the floor for a near-perfect network.
 LOSS_ABSOLUTE_TOLERANCE = 1e-6
-# keras clips probabilities the same way in its cross-entropy, so losses agree with training's.
-EPSILON = 1e-7
+# Inside a compiled function Keras's cross-entropy of a softmax output takes
+# the softmax's logits, unclipped (keras.backend's _get_logits): training's
+# losses are -log p with no floor at Keras's epsilon (1e-7), which an
+# overfitted network undercuts on its confident mistakes. The only floor here
+# is float32's smallest positive number, where a probability underflows.
+FLOOR = float(np.finfo(np.float32).smallest_subnormal)
 
 
 def cross_entropy(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Per-example cross-entropy of integer labels under predicted probabilities (float64)."""
+    """Per-example cross-entropy of integer labels under predicted probabilities (float64), as training's."""
     p = probabilities.astype(np.float64)
-    p = np.clip(p / p.sum(axis=1, keepdims=True), EPSILON, 1.0 - EPSILON)
-    return -np.log(p[np.arange(labels.size), labels])
+    p = p / p.sum(axis=1, keepdims=True)
+    return -np.log(np.maximum(p[np.arange(labels.size), labels], FLOOR))
 
 
 def summary(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
