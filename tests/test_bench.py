@@ -76,3 +76,18 @@ def test_pipeline_bench_prints_the_budget_and_the_ratios(project: Path, tiny_mir
     assert "results:  identical in every run" in out
     assert re.search(r"^          seed 1: best/stop/test-correct \(\d+, 40, \d+\) serial", out, re.MULTILINE), out
     assert re.search(r"^train: .* stopped at 40 \(max_iterations\)", out, re.MULTILINE), out
+
+
+def test_recipe_bench_times_the_default_and_the_recipe_and_prints_the_verdicts(project: Path, tiny_mirror) -> None:
+    env = stage_env(tiny_mirror)
+    run_stage(project, "download", env)
+    run_stage(project, "split", env)
+    out = run_bench("recipe.py", "--project", str(project), "--repeats", "1", "--accuracy", "0.3", timeout=900)
+    assert "recipe:   dvc exp run -S train.batch_size=" in out
+    for run in ("default", "recipe"):
+        # train s, s to val >= 30%, at it, best it, stop it, best and final test %.
+        assert re.search(rf"^{run}\s+\d+\.\d\s+\d+\.\d\s+\d+\s+\d+\s+\d+\s+\d+\.\d\d\s+\d+\.\d\d$", out, re.MULTILINE), out
+    assert re.search(r"^recipe / default training time, paired median: \d\.\d{3}  \(target <= 0\.25\) (PASS|MISS)$",
+                     out, re.MULTILINE), out
+    assert re.search(r"^recipe's restored best on the test set, median: \d+\.\d\d%  \(target >= 99%\) (PASS|MISS)$",
+                     out, re.MULTILINE), out
