@@ -2,8 +2,9 @@
 
 Reads the train and validation splits; writes models/{best,final,initial}
 (SavedModels, and .keras files), models/kernels.npz, models/model.json,
-metrics/train.json and the curves in metrics/live/ (DVCLive, at every
-evaluation). Run it on every worker of a multi_worker cluster.
+metrics/train.json and the curves in metrics/live/ (DVCLive) and in
+metrics/curves.json, both at every evaluation. Run it on every worker of a
+multi_worker cluster.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mnist_early_stopping.pipeline.layout import CURVES, curve_path
+from mnist_early_stopping.pipeline.layout import CURVES, CURVES_TABLE, curve_path
 from tests.tiny_mnist import tiny_digests, write_mirror
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,4 +158,8 @@ def read_curves(project: Path) -> list[dict[str, str]]:
         steps = [r[0] for r in rows]
         columns[name] = [r[1] for r in rows]
     assert steps is not None
-    return [{"iteration": s, **{n: columns[n][i] for n in CURVES}} for i, s in enumerate(steps)]
+    rows = [{"iteration": s, **{n: columns[n][i] for n in CURVES}} for i, s in enumerate(steps)]
+    # The same numbers, in the same order, in the one table the top-level charts draw.
+    table = json.loads((project / CURVES_TABLE).read_text())
+    assert table == [{k: int(v) if k == "iteration" else float(v) for k, v in r.items()} for r in rows], CURVES_TABLE
+    return rows

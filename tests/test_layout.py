@@ -101,10 +101,41 @@ def test_every_data_path_in_dvc_yaml_is_the_layouts(section: str) -> None:
                 assert path in known, f"{name}.{section}: {path} is not a path of mnist_early_stopping/pipeline/layout.py"
 
 
+def top_level_curves(pipeline: dict) -> list[tuple[str, str | None]]:
+    """(file, field) of each curve the top-level `plots:` draws, once per mention."""
+    drawn: list[tuple[str, str | None]] = []
+    for entry in pipeline.get("plots", []):
+        name, spec = (entry, None) if isinstance(entry, str) else next(iter(entry.items()))
+        y = (spec or {}).get("y")
+        if isinstance(y, dict):
+            for path, fields in y.items():
+                drawn += [(path, f) for f in ([fields] if isinstance(fields, str) else fields)]
+        else:  # a plot named by its file: the field given, or the one DVC infers
+            drawn.append((name, y))
+    return drawn
+
+
 def test_top_level_metrics_are_the_layouts() -> None:
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     assert set(pipeline["metrics"]) <= layout_paths()
-    assert "plots" not in pipeline, "plots are declared by their stages, once each"
+
+
+def test_each_curve_is_drawn_once_at_the_top_level_and_by_no_stage() -> None:
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    drawn = top_level_curves(pipeline)
+    files = {path for path, _ in drawn}
+    assert files <= layout_paths(), f"not paths of mnist_early_stopping/pipeline/layout.py: {files}"
+    assert sorted(field or "" for _, field in drawn) == sorted(layout.CURVES), "each curve once"
+    # DVC draws a stage's `plots:` besides the top-level charts: a file in both would be drawn twice,
+    # so no stage has the curves among its plots, DVCLive's TSVs included.
+    stage_plots = [entry_path(e) for stage in pipeline["stages"].values() for e in stage.get("plots", [])]
+    for path in [*files, str(layout.LIVE_CURVES_DIR)]:
+        assert not [p for p in stage_plots if path == p or path.startswith(p + "/")], f"{path} is a stage's plot"
+    # The table is a git-tracked metric of train (an uncached plain output would cost train its run-cache);
+    # DVCLive's TSVs are a cached output of train.
+    train = pipeline["stages"]["train"]
+    assert {str(layout.CURVES_TABLE): {"cache": False}} in train["metrics"]
+    assert str(layout.LIVE_CURVES_DIR) in train["outs"]
 
 
 # The library's packages and what each may import: the boundaries a change

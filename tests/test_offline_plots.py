@@ -16,7 +16,9 @@ from configobj import ConfigObj
 from dvc_render.vega import OPTIONAL_ANCHOR_RANGES, VegaRenderer
 from PIL import Image
 
+from mnist_early_stopping.pipeline.layout import CURVES, CURVES_TABLE, PLOTS_DIR, PREDICTIONS, curve_path
 from tests.conftest import ROOT
+from tests.test_plots import plots_project_copy, run_plots
 
 PACKAGES = ("vega", "vega-lite", "vega-embed")
 # The versions dvc-render itself loads from its CDN; the template must inline exactly these.
@@ -260,10 +262,10 @@ def page_requests(net_log: Path) -> list[str]:
     ]
 
 
-def drawn_plots(dom: str) -> dict[str, tuple[int, int]]:
+def drawn_plots(dom: str, ids: tuple[str, ...] = PLOT_IDS) -> dict[str, tuple[int, int]]:
     """Size of the canvas (or svg) vega drew in each plot div of a dumped DOM; (0, 0) where none."""
     divs = re.finditer(r'<div id="([^"]+)"', dom)
-    starts = [(m.start(), m.group(1)) for m in divs if m.group(1) in PLOT_IDS]
+    starts = [(m.start(), m.group(1)) for m in divs if m.group(1) in ids]
     drawn = {}
     for (start, plot_id), (end, _) in zip(starts, [*starts[1:], (len(dom), "")], strict=True):
         marks = re.search(r'<(canvas|svg)\b[^>]*\bclass="marks"[^>]*>', dom[start:end])
@@ -321,3 +323,125 @@ def test_browser_setup_catches_a_page_that_needs_the_network(show_page: Path, tm
     dom = open_offline(cdn_page, tmp_path / "profile", "--dump-dom", f"--log-net-log={net_log}")
     assert any("cdn.jsdelivr.net" in url for url in page_requests(net_log))
     assert drawn_plots(dom) == dict.fromkeys(PLOT_IDS, (0, 0))
+
+
+# The project's own page: its dvc.yaml, plot templates and page template, on small stand-ins for what
+# the pipeline writes (the plots stage's real figures from hand-made inputs, the curves table beside them).
+CHARTS = {"Accuracy": ("Accuracy, train and validation", "accuracy"), "Loss": ("Loss, train and validation", "loss")}
+CONFUSION_ID = re.sub(r"\W", "_", str(PREDICTIONS))  # dvc-render's div id for a plot named by its file
+
+
+@pytest.fixture(scope="module")
+def project_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git + DVC repo with the project's plots setup and the files its page draws, none of the workspace's."""
+    path = plots_project_copy(tmp_path_factory.mktemp("project_page") / "project")
+    run_plots(path)  # the figures, under the names the plots stage gives them
+    # What train writes beside DVCLive's TSVs, from the same hand-made TSVs.
+    columns = {name: [line.split("\t") for line in (path / curve_path(name)).read_text().splitlines()[1:]]
+               for name in CURVES}
+    steps = [int(step) for step, _ in columns[CURVES[0]]]
+    table = [{"iteration": step, **{name: float(columns[name][i][1]) for name in CURVES}} for i, step in enumerate(steps)]
+    (path / CURVES_TABLE).write_text(json.dumps(table))
+    run(path, "git", "init", "-q", "-b", "main")
+    run(path, "dvc", "init", "-q")
+    run(path, "dvc", "config", "core.analytics", "false")
+    setting = ConfigObj(str(ROOT / ".dvc/config"))["plots"]["html_template"]
+    run(path, "dvc", "config", "plots.html_template", setting)
+    shutil.copytree(ROOT / ".dvc/plots", path / ".dvc/plots")
+    shutil.copytree(ROOT / "templates", path / "templates", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "dvc.yaml", path / "dvc.yaml")
+    return path
+
+
+@pytest.fixture(scope="module")
+def project_plots(project_repo: Path) -> dict[str, list[dict]]:
+    """`dvc plots show --json`: each plot's renderings, in the page's order."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""), DVC_NO_ANALYTICS="1")
+    shown = subprocess.run(["dvc", "plots", "show", "--json"], cwd=project_repo, env=env, capture_output=True,
+                           text=True, timeout=300, check=True)
+    return json.loads(shown.stdout)["data"]
+
+
+@pytest.fixture(scope="module")
+def project_page(project_repo: Path) -> Path:
+    run(project_repo, "dvc", "plots", "show")
+    return project_repo / "dvc_plots/index.html"
+
+
+def curve_fields(spec: dict) -> list[str]:
+    """The curves a chart draws, one per line: the fields its data points name."""
+    return sorted({v["field"] for v in spec["data"]["values"] if "field" in v})
+
+
+@pytest.mark.slow
+def test_the_project_page_reads_top_down(project_plots: dict[str, list[dict]]) -> None:
+    ids = list(project_plots)
+    images = [i for i in ids if project_plots[i][0]["type"] == "image"]
+    # The two charts of the curves, the confusion matrix, then the figures, the training curves first.
+    assert ids[:3] == [*CHARTS, str(PREDICTIONS)], ids
+    assert ids[3:] == images and images[0] == str(PLOTS_DIR / "0_training_curves.png"), ids
+    assert len(images) >= 5, images
+
+
+@pytest.mark.slow
+def test_the_curve_charts_are_titled_with_labelled_axes_and_draw_each_curve_once(
+    project_plots: dict[str, list[dict]]
+) -> None:
+    drawn = []
+    for plot_id, (title, y_label) in CHARTS.items():
+        spec = project_plots[plot_id][0]["content"]
+        assert spec["title"]["text"] == title
+        assert spec["encoding"]["x"]["title"] == "iteration"
+        assert {layer["encoding"]["y"]["title"] for layer in spec["layer"] if "y" in layer.get("encoding", {})} \
+            == {y_label}
+        assert curve_fields(spec) == [f"train_batch_{y_label}", f"validation_{y_label}"]
+        drawn += curve_fields(spec)
+        # Where each run's curve ends is marked: in a diff, a run that stopped earlier shows where.
+        marks = [layer.get("mark") for layer in spec["layer"]]
+        assert [m["size"] for m in marks if isinstance(m, dict) and m.get("type") == "circle"] == [80]
+    assert sorted(drawn) == sorted(CURVES), "each curve once"
+    # No other plot on the page draws a curve.
+    others = [i for i in project_plots if i not in CHARTS and project_plots[i][0]["type"] == "vega"]
+    assert others == [str(PREDICTIONS)]
+    assert not set(CURVES) & set(project_plots[str(PREDICTIONS)][0]["content"]["data"]["values"][0])
+
+
+@pytest.mark.slow
+def test_the_confusion_matrix_has_true_on_y_predicted_on_x_and_every_count(
+    project_plots: dict[str, list[dict]]
+) -> None:
+    spec = project_plots[str(PREDICTIONS)][0]["content"]
+    assert spec["title"]["text"] == "Test set, restored best network"
+    encoding = spec["spec"]["encoding"]
+    assert (encoding["x"]["field"], encoding["y"]["field"]) == ("predicted", "actual")
+    assert (encoding["x"]["title"], encoding["y"]["title"]) == ("predicted class", "true class (actual)")
+    # The counts are written in the cells, with no checkbox to tick first.
+    text = [layer for layer in spec["spec"]["layer"] if layer.get("mark") == "text"]
+    assert [layer["encoding"]["text"] for layer in text] == [{"field": "xy_count", "type": "quantitative"}]
+    assert "params" not in spec
+
+
+@pytest.mark.slow
+def test_the_project_page_is_offline_and_in_the_same_order(project_page: Path) -> None:
+    html = project_page.read_text(encoding="utf-8")
+    page = Page(html)
+    assert page.remote == [] and "cdn.jsdelivr.net" not in html
+    divs = re.findall(r'<div id = "([^"]+)">', html)
+    assert divs == [*CHARTS, CONFUSION_ID], divs
+    images = re.findall(r'<img src="static/workspace_plots_(\w+)\.png">', html)
+    assert images[0] == "0_training_curves" and images == sorted(images), images
+    assert html.index(f'<div id = "{CONFUSION_ID}">') < html.index('<img src="static/'), "the charts come first"
+
+
+@pytest.mark.slow
+def test_browser_draws_the_project_page(project_page: Path, tmp_path: Path) -> None:
+    browser()
+    net_log = tmp_path / "net.json"
+    dom = open_offline(project_page, tmp_path / "profile", "--dump-dom", f"--log-net-log={net_log}")
+    assert page_requests(net_log) == []
+    ids = (*CHARTS, CONFUSION_ID)
+    drawn = drawn_plots(dom, ids)
+    assert set(drawn) == set(ids)
+    for plot_id, (width, height) in drawn.items():
+        assert width > 200 and height > 200, f"{plot_id} was not drawn: {drawn}"

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from mnist_early_stopping.pipeline.layout import CURVES
-from tests.conftest import copy_project, read_curves, write_params
+from tests.conftest import ROOT, copy_project, read_curves, write_params
 from tests.tiny_mnist import write_mirror
 
 pytestmark = pytest.mark.slow
@@ -112,6 +112,7 @@ def new_repo(base: Path) -> Repo:
     r.run("dvc", "init", "-q")
     for option in ("core.autostage true", "core.analytics false", "core.check_update false"):
         r.run("dvc", "config", *option.split())
+    shutil.copytree(ROOT / ".dvc/plots", path / ".dvc/plots")  # the plot templates dvc.yaml names
     r.commit("project")
     return r
 
@@ -177,7 +178,7 @@ def stratified(patience_40: Step, tmp_path_factory: pytest.TempPathFactory) -> S
 
 def train_outputs(repo: Repo) -> dict[str, str]:
     """Digests of everything the train stage writes."""
-    return file_digests(repo.path, ["models", "metrics/train.json", "metrics/live"])
+    return file_digests(repo.path, ["models", "metrics/train.json", "metrics/live", "metrics/curves.json"])
 
 
 @dataclass(frozen=True)
@@ -351,15 +352,16 @@ def test_plots_show_renders_curves_confusion_matrix_and_images(stratified: Step,
     repo = own_copy(stratified.repo, tmp_path)
     repo.run("dvc", "plots", "show")
     html = (repo.path / "dvc_plots/index.html").read_text()
-    # Each interactive plot once: the four curves against the iteration, and the confusion matrix.
+    # Top-down: the two charts of the curves against the iteration, the confusion matrix, the figures.
     ids = re.findall(r'<div id = "([^"]+)">', html)
-    curves = [f"metrics_live_plots_metrics_{name}_tsv" for name in CURVES]
-    assert sorted(ids) == sorted(curves + ["metrics_predictions_csv"]), ids
+    assert ids == ["Accuracy", "Loss", "metrics_predictions_csv"], ids
     for field in (*CURVES, '"actual"', '"predicted"', '"iteration"'):
         assert field in html
-    for name in ("test_images", "misclassified", "confusion_matrix", "training_curves", "conv1_filters",
-                 "conv2_filters"):
-        assert f'<img src="static/workspace_plots_{name}.png">' in html
+    images = re.findall(r'<img src="static/workspace_plots_(\w+)\.png">', html)
+    assert images == ["0_training_curves", "confusion_matrix", "conv1_filters", "conv2_filters",
+                      "misclassified", "test_images"], images
+    assert html.index('<div id = "metrics_predictions_csv">') < html.index("<img"), "the charts come first"
+    for name in images:
         assert (repo.path / f"dvc_plots/static/workspace_plots_{name}.png").stat().st_size > 1000
 
 

@@ -24,7 +24,7 @@ EXPECTED = {
     "test_images.png": plots.GRID_SIZE,
     "misclassified.png": plots.GRID_SIZE,
     "confusion_matrix.png": plots.CONFUSION_SIZE,
-    "training_curves.png": plots.CURVES_SIZE,
+    "0_training_curves.png": plots.CURVES_SIZE,
     **{f"{layer}_filters.png": plots.FILTERS_SIZE for layer in CONV_SHAPES},
 }
 # Runs the stage in a fresh interpreter and proves it never loaded TensorFlow or Keras.
@@ -66,17 +66,21 @@ def write_inputs(project: Path, test_size: int = 30) -> None:
     np.savez(project / "models/kernels.npz", **kernels)
 
 
-@pytest.fixture
-def plots_project(tmp_path: Path) -> Path:
-    """A project copy whose plots-stage inputs are small hand-made files."""
-    project = tmp_path / "project"
-    project.mkdir()
+def plots_project_copy(project: Path) -> Path:
+    """A project copy in `project` whose plots-stage inputs are small hand-made files."""
+    project.mkdir(parents=True)
     for package in ("stages", "mnist_early_stopping"):
         shutil.copytree(ROOT / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
     (project / "params.yaml").write_text(committed_params())
     write_params(project, {"plots": {"dpi": DPI}})
     write_inputs(project)
     return project
+
+
+@pytest.fixture
+def plots_project(tmp_path: Path) -> Path:
+    """A project copy whose plots-stage inputs are small hand-made files."""
+    return plots_project_copy(tmp_path / "project")
 
 
 def run_plots(project: Path) -> subprocess.CompletedProcess:

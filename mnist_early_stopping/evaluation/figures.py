@@ -234,7 +234,8 @@ def draw(inputs: dict[str, Any], out_dir: Path, dpi: int) -> list[Path]:
         "test_images.png": test_images_figure(images, labels),
         "misclassified.png": misclassified_figure(images, labels, predicted),
         "confusion_matrix.png": confusion_figure(labels, predicted),
-        "training_curves.png": curves_figure(
+        # `dvc plots show` orders the images by path: the 0_ puts the curves first.
+        "0_training_curves.png": curves_figure(
             inputs["history"], best_iteration, int(train_metrics["stopped_iteration"])
         ),
     }

@@ -54,6 +54,10 @@ TRAIN_METRICS = Path("metrics/train.json")
 LIVE_DIR = Path("metrics/live")
 LIVE_SUMMARY = LIVE_DIR / "metrics.json"
 LIVE_CURVES_DIR = LIVE_DIR / "plots" / "metrics"
+# The same curves in one git-tracked table, rewritten beside them at every
+# evaluation: rows {"iteration": ..., curve: ...}, the data of dvc.yaml's
+# top-level charts.
+CURVES_TABLE = Path("metrics/curves.json")
 TEST_METRICS = Path("metrics/test.json")
 EXPORT_METRICS = Path("metrics/export.json")
 PREDICTIONS = Path("metrics/predictions.csv")

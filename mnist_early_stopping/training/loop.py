@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mnist_early_stopping.data.splits import load_split
 from mnist_early_stopping.pipeline import params, timings
-from mnist_early_stopping.pipeline.atomic import OutputError, write_json, writes_to
+from mnist_early_stopping.pipeline.atomic import OutputError, write_atomic, write_json, writes_to
 from mnist_early_stopping.pipeline.deps import ROOT, import_closure
 from mnist_early_stopping.pipeline.digests import sha256_file, sha256_tree
 from mnist_early_stopping.pipeline.kernels import write_kernels
@@ -39,6 +39,7 @@ from mnist_early_stopping.pipeline.layout import (
     BEST_KERAS,
     BEST_MODEL,
     CURVES,
+    CURVES_TABLE,
     FINAL_KERAS,
     FINAL_MODEL,
     INITIAL_KERAS,
@@ -228,7 +229,8 @@ class ProgressSink:
 
 
 class LiveSink:
-    """The curves through DVCLive, written at every evaluation so `dvc exp show` and `dvc plots` follow the run."""
+    """The curves through DVCLive and in CURVES_TABLE, written at every evaluation so `dvc exp show` and
+    `dvc plots` follow the run."""
 
     def __init__(self, history: list[Row]) -> None:
         from dvclive import Live
@@ -236,6 +238,7 @@ class LiveSink:
         # No experiment commits and no dvc.yaml edits: the pipeline declares these files itself.
         with live_writes():
             self.live = Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None)
+        self.table: list[dict[str, float]] = []
         # DVC removed the previous files before this run: a resumed run writes
         # the checkpoint's rows again, so the curves have every step exactly once.
         for row in history:
@@ -249,6 +252,14 @@ class LiveSink:
             if "learning_rate" in row:  # only when the schedule is not constant
                 self.live.log_metric("learning_rate", row["learning_rate"])
             self.live.next_step()
+        self.table.append({"iteration": int(row["iteration"]), **{name: float(row[name]) for name in CURVES}})
+        with write_atomic(CURVES_TABLE) as f:  # a failed write is the one line naming it, and nothing torn
+            f.write(curves_table_bytes(self.table))
+
+
+def curves_table_bytes(table: list[dict[str, float]]) -> bytes:
+    """CURVES_TABLE's bytes: a JSON list with one row per line, so a run's diff reads by evaluation."""
+    return ("[\n" + ",\n".join(json.dumps(row) for row in table) + "\n]\n").encode("utf-8")
 
 
 @contextlib.contextmanager
