@@ -94,7 +94,12 @@ def read_curves() -> dict[str, np.ndarray]:
         if not np.array_equal(curve["step"], steps):
             raise StageError(f"{curve_path(name)} has other steps than {curve_path(CURVES[0])}; "
                              "re-run `dvc repro train`")
-    return {"iteration": steps, **{name: curve[name] for name, curve in curves.items()}}
+    history = {"iteration": steps, **{name: curve[name] for name, curve in curves.items()}}
+    if curve_path("learning_rate").is_file():  # only when train.lr_schedule is not constant
+        rate = read_csv(curve_path("learning_rate"), ("step", "learning_rate"), "train", delimiter="\t")
+        if np.array_equal(rate["step"], steps):
+            history["learning_rate"] = rate["learning_rate"]
+    return history
 
 
 def image_grid(images: np.ndarray, captions: list[str], title: str) -> Figure:
@@ -161,9 +166,12 @@ def confusion_figure(labels: np.ndarray, predicted: np.ndarray) -> Figure:
 
 
 def curves_figure(history: dict[str, np.ndarray], best_iteration: int, stopped_iteration: int) -> Figure:
-    """Accuracy and loss on the last training batch and on the validation set, against iteration."""
-    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
-    acc_ax, loss_ax = fig.subplots(1, 2)
+    """Accuracy and loss on the last training batch and on the validation set, against iteration; and the
+    learning rate, when the schedule is not constant."""
+    scheduled = "learning_rate" in history
+    width, height = CURVES_SIZE
+    fig = Figure(figsize=(width * 1.5 if scheduled else width, height), layout="constrained")
+    acc_ax, loss_ax, *rate_ax = fig.subplots(1, 3 if scheduled else 2)
     x = history["iteration"]
     for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
         ax.plot(x, history[f"train_batch_{metric}"], color="tab:blue", alpha=0.6, lw=1, label="train batch")
@@ -180,6 +188,14 @@ def curves_figure(history: dict[str, np.ndarray], best_iteration: int, stopped_i
     if np.all(losses > 0) and losses.max() / losses.min() > 20:
         loss_ax.set_yscale("log")
     loss_ax.set_title("Cross-entropy loss")
+    for ax in rate_ax:
+        ax.plot(x, history["learning_rate"], color="tab:purple", lw=1.5, drawstyle="steps-post")
+        ax.axvline(best_iteration, color="tab:green", ls="--")
+        ax.axvline(stopped_iteration, color="tab:red", ls=":")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("learning rate")
+        ax.set_title("Learning rate")
+        ax.grid(True, alpha=0.3)
     # One legend below both panels, where it hides no curve.
     fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=4, frameon=False)
     return fig

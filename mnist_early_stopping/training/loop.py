@@ -252,7 +252,8 @@ class LiveSink:
             if "learning_rate" in row:  # only when the schedule is not constant
                 self.live.log_metric("learning_rate", row["learning_rate"])
             self.live.next_step()
-        self.table.append({"iteration": int(row["iteration"]), **{name: float(row[name]) for name in CURVES}})
+        names = [*CURVES, "learning_rate"] if "learning_rate" in row else CURVES
+        self.table.append({"iteration": int(row["iteration"]), **{name: float(row[name]) for name in names}})
         with write_atomic(CURVES_TABLE) as f:  # a failed write is the one line naming it, and nothing torn
             f.write(curves_table_bytes(self.table))
 
