@@ -134,6 +134,15 @@ def staged_project(base: Path, stages: tuple[str, ...]) -> tuple[Path, dict[str,
     return project, env
 
 
+@pytest.fixture
+def prepared(project: Path, tiny_mirror) -> tuple[Path, dict[str, str]]:
+    """A project copy whose data is downloaded and split, and its stage environment."""
+    env = stage_env(tiny_mirror)
+    run_stage(project, "download", env)
+    run_stage(project, "split", env)
+    return project, env
+
+
 def run_stage(project: Path, stage: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
     """Run `python -m stages.<stage>` in the project copy."""
     result = subprocess.run(

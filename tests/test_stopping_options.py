@@ -13,16 +13,7 @@ from pathlib import Path
 import pytest
 
 from mnist_early_stopping.pipeline.layout import curve_path
-from tests.conftest import read_curves, run_stage, stage_env, write_params
-
-
-@pytest.fixture
-def prepared(project: Path, tiny_mirror) -> tuple[Path, dict[str, str]]:
-    """A project copy whose data is downloaded and split."""
-    env = stage_env(tiny_mirror)
-    run_stage(project, "download", env)
-    run_stage(project, "split", env)
-    return project, env
+from tests.conftest import read_curves, run_stage, write_params
 
 
 def train_metrics(project: Path) -> dict:

@@ -50,15 +50,6 @@ def test_manifest_differences_name_what_changed():
     assert manifest_differences(new, new) == []
 
 
-@pytest.fixture
-def prepared(project: Path, tiny_mirror) -> tuple[Path, dict[str, str]]:
-    """A project copy whose data is downloaded and split."""
-    env = stage_env(tiny_mirror)
-    run_stage(project, "download", env)
-    run_stage(project, "split", env)
-    return project, env
-
-
 def results(project: Path) -> dict:
     metrics = json.loads((project / "metrics/train.json").read_text())
     return {k: metrics[k] for k in RESULT_KEYS}

@@ -246,13 +246,12 @@ class LiveSink:
 
     def __call__(self, row: Row) -> None:
         self.live.step = row["iteration"]
-        with live_writes():
-            for name in CURVES:
-                self.live.log_metric(name, row[name])
-            if "learning_rate" in row:  # only when the schedule is not constant
-                self.live.log_metric("learning_rate", row["learning_rate"])
-            self.live.next_step()
+        # The learning rate only when the schedule is not constant.
         names = [*CURVES, "learning_rate"] if "learning_rate" in row else CURVES
+        with live_writes():
+            for name in names:
+                self.live.log_metric(name, row[name])
+            self.live.next_step()
         self.table.append({"iteration": int(row["iteration"]), **{name: float(row[name]) for name in names}})
         with write_atomic(CURVES_TABLE) as f:  # a failed write is the one line naming it, and nothing torn
             f.write(curves_table_bytes(self.table))
