@@ -10,9 +10,12 @@ import platform
 import shutil
 import statistics
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a run of the pipeline needs; tests/conftest.py copies the same for the tests.
@@ -106,3 +109,15 @@ def copy_project(source: Path, dest: Path, names: tuple[str, ...] = PROJECT_FILE
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dest / name)
+
+
+def overridden(path: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """A params.yaml's content with SECTION.KEY=VALUE overrides (VALUE in YAML) applied."""
+    raw = yaml.safe_load(path.read_text())
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        if field not in raw.get(section, {}):
+            raise SystemExit(f"bench: --set {item}: params.yaml has no key {key}")
+        raw[section][field] = yaml.safe_load(value)
+    return raw

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import ROOT, add_project_option, child_env, copy_project, header, table, verdict
+from common import ROOT, add_project_option, child_env, copy_project, header, overridden, table, verdict
 from step import run_contender
 
 sys.path.insert(0, str(ROOT))
@@ -85,18 +85,6 @@ class Repro:
     phases: dict[str, dict[str, float]]  # stage -> phase -> seconds
     train: dict[str, Any]
     test: dict[str, Any]
-
-
-def overridden(path: Path, overrides: list[str]) -> dict[str, Any]:
-    """A params.yaml's content with SECTION.KEY=VALUE overrides (VALUE in YAML) applied."""
-    raw = yaml.safe_load(path.read_text())
-    for item in overrides:
-        key, _, value = item.partition("=")
-        section, _, field = key.partition(".")
-        if field not in raw.get(section, {}):
-            raise SystemExit(f"bench: --set {item}: params.yaml has no key {key}")
-        raw[section][field] = yaml.safe_load(value)
-    return raw
 
 
 def set_params(path: Path, overrides: list[str]) -> None:

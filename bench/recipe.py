@@ -29,7 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import ROOT, add_project_option, child_env, copy_project, header, median_of, table, verdict
+from common import (
+    ROOT,
+    add_project_option,
+    child_env,
+    copy_project,
+    header,
+    median_of,
+    overridden,
+    table,
+    verdict,
+)
 
 # The fast recipe for the tutorial's network: float32, the same layers, split and stopping rule.
 RECIPE = (
@@ -51,18 +61,6 @@ def recipe_command() -> str:
     return "dvc exp run " + " ".join(f"-S {o}" for o in RECIPE)
 
 
-def with_overrides(params_text: str, overrides: tuple[str, ...]) -> str:
-    """params.yaml's text with SECTION.KEY=VALUE overrides (VALUE in YAML) applied."""
-    raw = yaml.safe_load(params_text)
-    for item in overrides:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        if name not in raw.get(section, {}):
-            raise SystemExit(f"bench: {item}: params.yaml has no key {key}")
-        raw[section][name] = yaml.safe_load(value)
-    return yaml.safe_dump(raw, sort_keys=False)
-
-
 def first_at(curve: list[tuple[int, float]], accuracy: float) -> int | None:
     """The first iteration whose validation accuracy is at least `accuracy`, or None."""
     return next((step for step, value in curve if value >= accuracy), None)
@@ -77,8 +75,14 @@ def read_curve(path: Path) -> list[tuple[int, float]]:
 def run_stage(project: Path, stage: str, env: dict[str, str]) -> dict[int, float]:
     """Run one stage; return the seconds from its start at which each evaluation's line appeared."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"stages.{stage}"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     seen, lines = {}, []
     for line in proc.stdout:
@@ -96,14 +100,18 @@ def one_run(source: Path, overrides: tuple[str, ...], accuracy: float) -> dict[s
     with tempfile.TemporaryDirectory(prefix="bench-recipe-") as tmp:
         project = Path(tmp)
         copy_project(source, project)
-        (project / "params.yaml").write_text(with_overrides((source / "params.yaml").read_text(), overrides))
+        (project / "params.yaml").write_text(
+            yaml.safe_dump(overridden(source / "params.yaml", overrides), sort_keys=False)
+        )
         (project / "data").mkdir()
         (project / "data/split").symlink_to((source / "data/split").resolve())
         seen = run_stage(project, "train", env)
         run_stage(project, "evaluate", env)
         train = json.loads((project / "metrics/train.json").read_text())
         test = json.loads((project / "metrics/test.json").read_text())
-        reached = first_at(read_curve(project / "metrics/live/plots/metrics/validation_accuracy.tsv"), accuracy)
+        reached = first_at(
+            read_curve(project / "metrics/live/plots/metrics/validation_accuracy.tsv"), accuracy
+        )
     result = {
         "wall_seconds": train["wall_seconds"],
         "best_iteration": train["best_iteration"],
@@ -125,21 +133,33 @@ def report(results: dict[str, list[dict[str, Any]]], accuracy: float) -> list[st
     """The medians table and the recipe's verdicts."""
     rows = []
     for name, runs in results.items():
-        rows.append((
-            name,
-            cell(median_of(runs, "wall_seconds"), ".1f"),
-            cell(median_of(runs, "seconds_to_accuracy"), ".1f"),
-            cell(median_of(runs, "iteration_to_accuracy"), ".0f"),
-            cell(median_of(runs, "best_iteration"), ".0f"),
-            cell(median_of(runs, "stopped_iteration"), ".0f"),
-            cell(100 * median_of(runs, "test_accuracy"), ".2f"),
-            cell(100 * median_of(runs, "final_test_accuracy"), ".2f"),
-        ))
-    head = ("run", "train s", f"s to val>={accuracy:.1%}", "at it", "best it", "stop it", "best test %",
-            "final test %")
+        rows.append(
+            (
+                name,
+                cell(median_of(runs, "wall_seconds"), ".1f"),
+                cell(median_of(runs, "seconds_to_accuracy"), ".1f"),
+                cell(median_of(runs, "iteration_to_accuracy"), ".0f"),
+                cell(median_of(runs, "best_iteration"), ".0f"),
+                cell(median_of(runs, "stopped_iteration"), ".0f"),
+                cell(100 * median_of(runs, "test_accuracy"), ".2f"),
+                cell(100 * median_of(runs, "final_test_accuracy"), ".2f"),
+            )
+        )
+    head = (
+        "run",
+        "train s",
+        f"s to val>={accuracy:.1%}",
+        "at it",
+        "best it",
+        "stop it",
+        "best test %",
+        "final test %",
+    )
     lines = [table(rows, head)]
     if "default" in results and "recipe" in results:
-        ratios = [r["wall_seconds"] / d["wall_seconds"] for r, d in zip(results["recipe"], results["default"])]
+        ratios = [
+            r["wall_seconds"] / d["wall_seconds"] for r, d in zip(results["recipe"], results["default"])
+        ]
         ratio, test_accuracy = statistics.median(ratios), median_of(results["recipe"], "test_accuracy")
         lines += [
             "",
@@ -155,17 +175,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_project_option(parser)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each contender (default 3)")
-    parser.add_argument("--accuracy", type=float, default=0.985,
-                        help="validation accuracy whose first evaluation is timed (default 0.985)")
+    parser.add_argument(
+        "--accuracy",
+        type=float,
+        default=0.985,
+        help="validation accuracy whose first evaluation is timed (default 0.985)",
+    )
     parser.add_argument("--seeds", help="comma-separated train.seed values: run the recipe once with each")
     args = parser.parse_args()
     if not (args.project / "data/split/train.npz").is_file():
-        raise SystemExit(f"bench: {args.project}/data/split/ has no splits; run `dvc repro split` there first")
+        raise SystemExit(
+            f"bench: {args.project}/data/split/ has no splits; run `dvc repro split` there first"
+        )
     print("\n".join(header("Time to a good network: the default run against the fast recipe")))
     print(f"recipe:   {recipe_command()}\n")
     if args.seeds:
-        results = {f"recipe, seed {s}": [one_run(args.project, (*RECIPE, f"train.seed={s}"), args.accuracy)]
-                   for s in args.seeds.split(",")}
+        results = {
+            f"recipe, seed {s}": [one_run(args.project, (*RECIPE, f"train.seed={s}"), args.accuracy)]
+            for s in args.seeds.split(",")
+        }
     else:
         results: dict[str, list[dict[str, Any]]] = {"default": [], "recipe": []}
         for _ in range(args.repeats):  # alternating, so that background load hits both alike

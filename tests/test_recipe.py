@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import sys
 
+import yaml
+
 from tests.conftest import ROOT
 
 
@@ -22,6 +24,6 @@ def test_the_docs_recipe_is_the_bench_s_and_its_keys_exist(committed_params_file
     from mnist_early_stopping.pipeline import params
 
     path = committed_params_file.parent / "recipe.yaml"
-    path.write_text(recipe.with_overrides(committed_params_file.read_text(), recipe.RECIPE))
+    path.write_text(yaml.safe_dump(recipe.overridden(committed_params_file, recipe.RECIPE), sort_keys=False))
     (train,) = params.load("train", path=path)
     assert train.precision == "float32" and train.lr_schedule == "cosine"
